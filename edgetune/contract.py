@@ -1,0 +1,268 @@
+"""The deployment contract: the metadata JSON that travels beside every model file.
+
+Train writes it, convert extends it, the runtime and the benchmarks read it. Nothing downstream
+hard-codes an input size, a label or a preprocessing constant: the most common bug class in edge
+deployment is a preprocessing mismatch between training and inference, and this file is what
+makes it impossible to ship one silently.
+
+This module is lean (standard library only) so that a Raspberry Pi can import it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+OUTPUT_KINDS = ("binary_logit", "softmax_logits", "probabilities")
+RESIZE_METHODS = ("bilinear",)
+
+
+class ContractError(ValueError):
+    """A metadata file is missing, unreadable or inconsistent with its model."""
+
+
+@dataclass
+class Preprocessing:
+    """How an image file becomes the model's input tensor (identical in training and deployment)."""
+
+    size: tuple[int, int] = (160, 160)
+    """Model input (height, width) in pixels."""
+    resize: str = "bilinear"
+    """Resize method; bilinear with half-pixel centers and no antialias, like tf.image.resize."""
+    antialias: bool = False
+    """Whether resizing low-pass filters first (tf.image.resize's default is False)."""
+    channels: str = "RGB"
+    """Channel order of the input tensor."""
+    input_range: tuple[float, float] = (0.0, 255.0)
+    """Range of the values fed to the model; normalization to [-1, 1] lives inside the model."""
+    exif_orientation: bool = True
+    """Whether the EXIF orientation tag is applied before resizing."""
+    jpeg_dct: str = "INTEGER_ACCURATE"
+    """JPEG IDCT method used in training (matches Pillow/libjpeg's default ISLOW)."""
+    normalization: str = "inside_model"
+    """Where mean/scale normalization happens: inside_model, or a formula applied by the runtime."""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["size"] = list(self.size)
+        d["input_range"] = list(self.input_range)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
+        d = dict(d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        if "size" in d:
+            d["size"] = tuple(int(v) for v in d["size"])
+        if "input_range" in d:
+            d["input_range"] = tuple(float(v) for v in d["input_range"])
+        p = cls(**d)
+        if len(p.size) != 2 or min(p.size) < 1:
+            raise ContractError(f"preprocessing.size must be [height, width] > 0, got {p.size}")
+        if p.resize not in RESIZE_METHODS:
+            raise ContractError(f"preprocessing.resize {p.resize!r} is not one of {RESIZE_METHODS}")
+        if p.channels != "RGB":
+            raise ContractError(f"preprocessing.channels {p.channels!r}: only RGB is supported")
+        return p
+
+
+@dataclass
+class TensorSpec:
+    """dtype, shape and (for quantized tensors) scale and zero point of a model input or output."""
+
+    shape: list[int] = field(default_factory=lambda: [1, 160, 160, 3])
+    dtype: str = "float32"
+    scale: float | None = None
+    zero_point: int | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TensorSpec:
+        return cls(
+            shape=[int(v) for v in d.get("shape", [])],
+            dtype=str(d.get("dtype", "float32")),
+            scale=None if d.get("scale") is None else float(d["scale"]),
+            zero_point=None if d.get("zero_point") is None else int(d["zero_point"]),
+        )
+
+
+@dataclass
+class ModelMetadata:
+    """Everything a consumer needs to feed a model file and read its answer."""
+
+    labels: list[str]
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    input: TensorSpec = field(default_factory=TensorSpec)
+    output: TensorSpec = field(default_factory=lambda: TensorSpec(shape=[1, 1]))
+    output_kind: str = "binary_logit"
+    """binary_logit (one logit, sigmoid gives P(labels[1])), softmax_logits or probabilities."""
+    preset: str = "keras"
+    """Quantization/export preset that produced the model file (keras for the trained model)."""
+    source: dict[str, Any] = field(default_factory=dict)
+    """Provenance: source model file and sha256, weights origin, data root."""
+    versions: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Stage-specific additions (quantization details, parity results, ...)."""
+    schema: int = SCHEMA_VERSION
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": self.schema,
+            "labels": list(self.labels),
+            "preprocessing": self.preprocessing.to_dict(),
+            "input": dataclasses.asdict(self.input),
+            "output": dataclasses.asdict(self.output),
+            "output_kind": self.output_kind,
+            "preset": self.preset,
+            "source": self.source,
+            "versions": self.versions,
+            **self.extra,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], origin: str = "metadata") -> ModelMetadata:
+        if not isinstance(d, dict):
+            raise ContractError(f"{origin}: expected a JSON object")
+        schema = d.get("schema")
+        if schema != SCHEMA_VERSION:
+            raise ContractError(f"{origin}: schema {schema!r} is not supported (this edgetune reads {SCHEMA_VERSION})")
+        labels = d.get("labels")
+        if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) and x for x in labels):
+            raise ContractError(f"{origin}: 'labels' must be a list of at least two non-empty names")
+        if len(set(labels)) != len(labels):
+            raise ContractError(f"{origin}: duplicate labels {labels}")
+        kind = d.get("output_kind", "binary_logit")
+        if kind not in OUTPUT_KINDS:
+            raise ContractError(f"{origin}: output_kind {kind!r} is not one of {OUTPUT_KINDS}")
+        if kind == "binary_logit" and len(labels) != 2:
+            raise ContractError(f"{origin}: binary_logit output needs exactly 2 labels, got {len(labels)}")
+        known = {"schema", "labels", "preprocessing", "input", "output", "output_kind", "preset", "source", "versions"}
+        return cls(
+            labels=list(labels),
+            preprocessing=Preprocessing.from_dict(d.get("preprocessing", {})),
+            input=TensorSpec.from_dict(d.get("input", {})),
+            output=TensorSpec.from_dict(d.get("output", {})),
+            output_kind=kind,
+            preset=str(d.get("preset", "keras")),
+            source=dict(d.get("source", {})),
+            versions=dict(d.get("versions", {})),
+            extra={k: v for k, v in d.items() if k not in known},
+            schema=schema,
+        )
+
+
+def metadata_path_for(model_path: str | os.PathLike) -> Path:
+    """Where the metadata of a model file lives.
+
+    `export/int8.tflite` -> `export/int8.json`; a run dir or its `model.keras` -> `metadata.json`.
+    """
+    p = Path(model_path)
+    if p.is_dir():
+        return p / "metadata.json"
+    if p.suffix == ".keras" or p.name == "saved_model":
+        return p.parent / "metadata.json"
+    return p.with_suffix(".json")
+
+
+def read_metadata(path: str | os.PathLike) -> ModelMetadata:
+    """Read and validate metadata, given the JSON itself or the model file it describes."""
+    p = Path(path)
+    json_path = p if p.suffix == ".json" and not p.is_dir() else metadata_path_for(p)
+    if not json_path.is_file():
+        raise ContractError(f"no metadata file {json_path} beside {p}")
+    try:
+        data = json.loads(json_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ContractError(f"{json_path}: not readable JSON ({exc})") from exc
+    return ModelMetadata.from_dict(data, origin=str(json_path))
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
+    """Write JSON to a temporary file in the same folder, then rename: readers never see half a file."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=False, default=_json_default)
+            f.write("\n")
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
+
+
+def write_metadata(path: str | os.PathLike, meta: ModelMetadata) -> Path:
+    """Validate (by a round trip) and write metadata atomically."""
+    d = meta.to_dict()
+    ModelMetadata.from_dict(json.loads(json.dumps(d, default=_json_default)), origin=str(path))
+    return write_json_atomic(path, d)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """sha256 of a file, or of every file under a folder in sorted order (for SavedModels)."""
+    p = Path(path)
+    h = hashlib.sha256()
+    files = sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p]
+    for f in files:
+        if p.is_dir():
+            h.update(str(f.relative_to(p)).encode())
+        with open(f, "rb") as fh:
+            while block := fh.read(chunk):
+                h.update(block)
+    return h.hexdigest()
+
+
+def read_split(run_dir: str | os.PathLike, split: str, data_root: str | os.PathLike | None = None) -> list[tuple[Path, int]]:
+    """The image files of one split of a training run, as (path, label index) pairs.
+
+    Split files hold `relative/path<TAB>label` lines, relative to the data root recorded in the
+    run's metadata; `data_root` overrides it (e.g. the same images copied to a Raspberry Pi).
+    """
+    run = Path(run_dir)
+    split_file = run / "splits" / f"{split}.txt"
+    if not split_file.is_file():
+        raise ContractError(f"{split_file} not found: is {run} an edgetune run dir?")
+    meta = read_metadata(run / "metadata.json")
+    root = Path(data_root) if data_root is not None else Path(meta.source.get("data_root", run))
+    index = {name: i for i, name in enumerate(meta.labels)}
+    items = []
+    for line_no, line in enumerate(split_file.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        rel, _, label = line.partition("\t")
+        if label not in index:
+            raise ContractError(f"{split_file}:{line_no}: label {label!r} is not one of {meta.labels}")
+        items.append((root / rel, index[label]))
+    return items
+
+
+def write_split(path: str | os.PathLike, items: list[tuple[str, str]]) -> None:
+    """Write (relative path, label name) pairs in the format `read_split` reads."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text("".join(f"{rel}\t{label}\n" for rel, label in items))
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, tuple):
+        return list(obj)
+    if hasattr(obj, "item"):  # numpy scalars
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")

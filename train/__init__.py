@@ -1,0 +1,25 @@
+"""edgetune.train: image folders, splits, tf.data input and two-stage MobileNetV2 fine-tuning.
+
+Names are resolved lazily (PEP 562) so that the lean parts (data checks, splits, the config) can
+be used without importing TensorFlow.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "build_model": "edgetune.train.model",
+    "deployment_model": "edgetune.train.model",
+    "freeze_for_stage": "edgetune.train.model",
+    "load_model": "edgetune.train.model",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'edgetune.train' has no attribute {name!r}")
