@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny generated image folders and the optional real assets in ../shared/assets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_ASSETS = Path(os.environ.get("EDGETUNE_SHARED_ASSETS", ROOT.parent / "shared" / "assets"))
+CATS_DOGS = SHARED_ASSETS / "cats_and_dogs_filtered"
+IMAGENET_NO_TOP = SHARED_ASSETS / "mobilenet_v2" / "mobilenet_v2_1.0_imagenet_no_top.weights.h5"
+SOURCE_MODELS = SHARED_ASSETS / "mobilenet_v2" / "source"
+
+
+def make_class_images(folder: Path, label_index: int, count: int, size: int = 48, seed: int = 0, fmt: str = "jpg") -> list[Path]:
+    """Write `count` images whose class is visible: class k has a bright blob in quadrant k, plus noise."""
+    rng = np.random.default_rng(seed * 1000 + label_index)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        h = w = size + int(rng.integers(0, 16))  # varied sizes, so resizing is exercised
+        img = rng.integers(0, 90, (h, w, 3), dtype=np.uint8)
+        qy, qx = divmod(label_index % 4, 2)
+        y0, x0 = qy * h // 2, qx * w // 2
+        img[y0:y0 + h // 2, x0:x0 + w // 2, label_index % 3] = 230
+        p = folder / f"img_{i:03d}.{fmt}"
+        Image.fromarray(img).save(p)
+        paths.append(p)
+    return paths
+
+
+def make_image_tree(root: Path, classes=("cats", "dogs"), per_class: int = 12, size: int = 48, seed: int = 0) -> Path:
+    """A single class-folder tree: root/<class>/img_NNN.jpg."""
+    for k, name in enumerate(classes):
+        make_class_images(root / name, k, per_class, size, seed)
+    return root
+
+
+@pytest.fixture
+def tiny_tree(tmp_path: Path) -> Path:
+    """Two classes x 12 generated JPEGs in one class-folder tree."""
+    return make_image_tree(tmp_path / "tree")
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path: Path) -> Path:
+    """train/ and validation/ class folders, like cats_and_dogs_filtered, at a tiny scale."""
+    root = tmp_path / "data"
+    make_image_tree(root / "train", per_class=16, seed=1)
+    make_image_tree(root / "validation", per_class=10, seed=2)
+    return root
+
+
+@pytest.fixture(scope="session")
+def shared_assets() -> Path:
+    """../shared/assets, or skip when this machine does not have it (a fresh user machine)."""
+    if not SHARED_ASSETS.is_dir():
+        pytest.skip(f"shared assets not present at {SHARED_ASSETS}")
+    return SHARED_ASSETS
+
+
+def pretrained_weights_or_none() -> str:
+    """The real ImageNet no-top weights when present; else 'none' (train recalibrates BatchNorm)."""
+    return str(IMAGENET_NO_TOP) if IMAGENET_NO_TOP.is_file() else "none"
