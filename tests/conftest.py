@@ -66,3 +66,24 @@ def shared_assets() -> Path:
 def pretrained_weights_or_none() -> str:
     """The real ImageNet no-top weights when present; else 'none' (train recalibrates BatchNorm)."""
     return str(IMAGENET_NO_TOP) if IMAGENET_NO_TOP.is_file() else "none"
+
+
+def tiny_train_config(data: Path, out: Path, **overrides):
+    """A TrainConfig that trains in seconds on tiny generated data (1 + 1 epochs, 48 px)."""
+    from edgetune.train import TrainConfig
+
+    kw = dict(data=data, out=out, image_size=48, batch_size=8, epochs=1, fine_tune_epochs=1,
+              weights=pretrained_weights_or_none(), seed=0, verbose=0)
+    kw.update(overrides)
+    return TrainConfig(**kw)
+
+
+@pytest.fixture(scope="session")
+def tiny_run_dir(tmp_path_factory) -> Path:
+    """A complete run dir trained once per test session on tiny generated cats/dogs folders."""
+    from edgetune.train import train_run
+
+    root = tmp_path_factory.mktemp("tinyrun")
+    make_image_tree(root / "data" / "train", per_class=16, seed=1)
+    make_image_tree(root / "data" / "validation", per_class=10, seed=2)
+    return train_run(tiny_train_config(root / "data", root / "run"))

@@ -10,6 +10,15 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
+    "TrainConfig": "edgetune.train.config",
+    "train_run": "edgetune.train.trainer",
+    "fetch": "edgetune.train.datasets",
+    "split_folder": "edgetune.train.folders",
+    "scan_tree": "edgetune.train.folders",
+    "make_splits": "edgetune.train.splits",
+    "decode_and_resize": "edgetune.train.data",
+    "load_images": "edgetune.train.data",
+    "recalibrate_batchnorm": "edgetune.train.model",
     "build_model": "edgetune.train.model",
     "deployment_model": "edgetune.train.model",
     "freeze_for_stage": "edgetune.train.model",

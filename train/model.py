@@ -157,3 +157,30 @@ def load_model(path: str | os.PathLike) -> keras.Model:
         return keras.models.load_model(p, compile=False)
     except Exception as exc:
         raise UserError(f"{p} is not a readable Keras model: {exc}") from exc
+
+
+def recalibrate_batchnorm(model: keras.Model, dataset, max_images: int = 64) -> None:
+    """Give every BatchNorm layer of the base the moving statistics of its input on `dataset`.
+
+    A randomly initialised MobileNetV2 (`--weights none`) has moving mean 0 / variance 1 while its
+    activations are nowhere near that: every input then gives the same output and a frozen base
+    learns nothing. Layer by layer (each layer sees inputs already normalised by the ones before),
+    this makes the inference-mode base a working feature extractor.
+    """
+    import numpy as np
+
+    images = []
+    for x, _ in dataset:
+        images.append(np.asarray(x))
+        if sum(len(b) for b in images) >= max_images:
+            break
+    x = model.get_layer(PREPROCESS)(np.concatenate(images)[:max_images])
+    base = model.get_layer(BASE)
+    for layer in base.layers:
+        if not isinstance(layer, layers.BatchNormalization):
+            continue
+        probe = keras.Model(base.input, layer.input)
+        acts = np.asarray(probe(x, training=False))
+        axes = tuple(range(acts.ndim - 1))
+        layer.moving_mean.assign(acts.mean(axis=axes))
+        layer.moving_variance.assign(acts.var(axis=axes) + 1e-3)
