@@ -18,6 +18,7 @@ from edgetune.contract import ContractError
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("edgetune.train._data_cli", "fetch, split and check image-folder data sets"),
     "train": ("edgetune.train._cli", "two-stage MobileNetV2 fine-tuning into a run dir"),
+    "predict": ("edgetune.runtime._cli", "classify images with an exported .tflite/.onnx model (no TensorFlow)"),
 }
 
 

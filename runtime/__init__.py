@@ -1,1 +1,25 @@
-"""edgetune.runtime"""
+"""edgetune.runtime: the lean predictor for edge devices (numpy, Pillow and one interpreter; no TensorFlow).
+
+    from edgetune.runtime import Predictor
+    p = Predictor.from_path("export/int8.tflite")          # metadata from export/int8.json
+    probs = p.predict_files(["cat.jpg"])                    # (N, classes), index-aligned with p.labels
+
+Interpreters (LiteRT for .tflite, ONNX Runtime for .onnx) are imported only when a model is loaded.
+"""
+
+from edgetune.runtime._backends import TensorDetails
+from edgetune.runtime.image import ImageError, find_images, load_and_preprocess, load_image, preprocess, resize_bilinear
+from edgetune.runtime.predictor import Predictor, parse_input_range, read_labels
+
+__all__ = [
+    "ImageError",
+    "Predictor",
+    "TensorDetails",
+    "find_images",
+    "load_and_preprocess",
+    "load_image",
+    "parse_input_range",
+    "preprocess",
+    "read_labels",
+    "resize_bilinear",
+]

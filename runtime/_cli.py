@@ -1,0 +1,94 @@
+"""Classify images with an exported model: `edgetune predict MODEL IMAGE|DIR... [--top-k K] [--json]`.
+
+Reads the metadata JSON beside the model (labels, size, preprocessing); a model without one
+(e.g. a third-party ImageNet .tflite) runs with --labels FILE and optionally --size N and
+--input-range. Unreadable images get an error line each; the others still run, and the exit
+code is 1 at the end. Needs numpy, Pillow and one interpreter, never TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from edgetune._config import add_config_args, config_from_args
+
+LONG_RUN = 64  # images; a progress bar appears above this (on stderr only)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from edgetune.runtime.config import PredictConfig
+
+    parser.add_argument("model", type=Path, help=".tflite or .onnx model (metadata JSON beside it)")
+    parser.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
+    add_config_args(parser, PredictConfig)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from edgetune import UserError
+    from edgetune.runtime import ImageError, Predictor, find_images, load_and_preprocess
+    from edgetune.runtime.config import PredictConfig
+
+    cfg = config_from_args(PredictConfig, args)
+    if cfg.top_k < 1:
+        raise UserError(f"--top-k must be >= 1, got {cfg.top_k}")
+    if cfg.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+    predictor = Predictor.from_path(args.model, labels=cfg.labels, size=cfg.size, threads=cfg.threads, device=cfg.device,
+                                    input_range=cfg.input_range, output_kind=cfg.output_kind)
+    paths = find_images(args.images)
+    if not paths:
+        raise UserError(f"no images found in {' '.join(args.images)} (looked for .jpg .jpeg .png .bmp .gif .webp)")
+    k = min(cfg.top_k, len(predictor.labels))
+    exif = predictor.metadata.preprocessing.exif_orientation
+    results: list[dict] = []
+    errors: list[dict] = []
+
+    def flush(batch_paths: list[str], arrays: list) -> None:
+        if not arrays:
+            return
+        probs = predictor.predict(np.stack(arrays))
+        for path, p in zip(batch_paths, probs):
+            top = np.argsort(-p, kind="stable")[:k]
+            row = {"path": path, "top": [{"label": predictor.labels[i], "index": int(i), "probability": float(p[i])} for i in top]}
+            results.append(row)
+            if not cfg.json:
+                print(f"{path}: " + ", ".join(f"{t['label']} ({t['probability']:.4f})" for t in row["top"]), flush=True)
+        batch_paths.clear()
+        arrays.clear()
+
+    batch_paths: list[str] = []
+    arrays: list = []
+    for path in _progress(paths, len(paths) > LONG_RUN):
+        try:
+            arrays.append(load_and_preprocess(path, predictor.size, exif))
+        except ImageError as exc:
+            errors.append({"path": path, "error": str(exc)})
+            print(f"edgetune predict: error: {exc}", file=sys.stderr, flush=True)
+            continue
+        batch_paths.append(path)
+        if len(arrays) >= cfg.batch_size:
+            flush(batch_paths, arrays)
+    flush(batch_paths, arrays)
+    if cfg.json:
+        doc = {"model": str(args.model), "labels": len(predictor.labels), "output_kind": predictor.metadata.output_kind,
+               "backend": predictor.backend_info(), "predictions": results, "errors": errors}
+        print(json.dumps(doc, indent=2))
+    if errors:
+        print(f"edgetune predict: {len(errors)} of {len(paths)} images failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _progress(items: list[str], show: bool):
+    if not show:
+        return items
+    try:
+        from edgetune._progress import progress_bar
+    except ImportError:  # progress bars are a nicety; predict works without them
+        return items
+    return progress_bar(items, total=len(items), desc="predict", unit="img")

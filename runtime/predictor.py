@@ -1,0 +1,332 @@
+"""`Predictor`: one small protocol over LiteRT (.tflite) and ONNX Runtime (.onnx) models.
+
+    p = Predictor.from_path("export/int8.tflite")       # metadata read from export/int8.json
+    probs = p.predict(batch)                             # float32 (N, H, W, 3) in 0..255 -> (N, classes)
+    probs = p.predict_files(["cat.jpg"])                 # decode + preprocess per the contract
+
+Everything about the model's input and output comes from two places, never from constants: the
+metadata JSON beside the model (labels, size, input range, output kind) and the interpreter's
+own tensor details (dtype, quantization scale and zero point).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgetune import UserError
+from edgetune.contract import ModelMetadata, Preprocessing, TensorSpec, metadata_path_for, read_metadata
+from edgetune.runtime._backends import TensorDetails, open_backend
+from edgetune.runtime.image import load_and_preprocess
+
+INPUT_RANGES = {"0,255": (0.0, 255.0), "-1,1": (-1.0, 1.0), "0,1": (0.0, 1.0)}
+"""Named input ranges for models without metadata; "raw" feeds pixel values as the integer input."""
+
+
+def parse_input_range(spec: str | Sequence[float]) -> tuple[float, float] | str:
+    """'0,255' | '-1,1' | '0,1' | 'raw' | 'LO,HI' (or a pair of numbers) -> (lo, hi), or 'raw'."""
+    if isinstance(spec, str):
+        s = spec.replace(" ", "")
+        if s == "raw":
+            return "raw"
+        parts = s.split(",")
+        try:
+            lo, hi = (float(v) for v in parts)
+        except ValueError:
+            raise UserError(f"--input-range {spec!r}: expected raw, 0,255, -1,1, 0,1 or LO,HI") from None
+    else:
+        lo, hi = (float(v) for v in spec)
+    if not hi > lo:
+        raise UserError(f"input range {lo},{hi}: the upper bound must exceed the lower one")
+    return lo, hi
+
+
+def read_labels(path: str | os.PathLike) -> list[str]:
+    """A labels file: one name per line (blank lines at the end ignored)."""
+    p = Path(path)
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"labels file {p} is not readable ({exc})") from exc
+    while lines and not lines[-1].strip():
+        lines.pop()
+    labels = [line.strip() for line in lines]
+    if len(labels) < 2 or not all(labels):
+        raise UserError(f"labels file {p}: need at least two non-empty lines (one label per line)")
+    return labels
+
+
+class Predictor:
+    """A loaded model plus everything needed to feed it images and read probabilities.
+
+    Attributes:
+        labels: Class names, index-aligned with the probabilities.
+        metadata: The model's contract (read beside the model, or built from explicit flags).
+        input_details: The interpreter's input (shape, dtype, scale, zero_point).
+        output_details: The interpreter's output, same fields.
+    """
+
+    def __init__(self, backend: Any, metadata: ModelMetadata, path: Path | None = None, input_range: Any = None):
+        self.backend = backend
+        self.metadata = metadata
+        self.path = path
+        self.labels: list[str] = list(metadata.labels)
+        self.input_details: TensorDetails = backend.inputs[0]
+        self.output_details: TensorDetails = backend.outputs[0]
+        self.size: tuple[int, int] = tuple(metadata.preprocessing.size)
+        self._check_shapes()
+        self._prepare_input(input_range if input_range is not None else metadata.preprocessing.input_range)
+        self._prepare_output()
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def from_path(
+        cls,
+        model_path: str | os.PathLike,
+        labels: str | os.PathLike | Sequence[str] | None = None,
+        size: int | Sequence[int] | None = None,
+        preprocessing: Preprocessing | None = None,
+        threads: int | None = None,
+        device: str = "cpu",
+        *,
+        input_range: str | Sequence[float] | None = None,
+        output_kind: str | None = None,
+    ) -> Predictor:
+        """Load a .tflite or .onnx model and its metadata JSON (`model.json` beside `model.tflite`).
+
+        A model without metadata (e.g. a third-party ImageNet .tflite) needs `labels`; its size
+        defaults to the model's input shape, its input range to 'raw' for integer inputs (pixel values
+        fed as they are) and 0..255 for float inputs, its output kind to 'probabilities' for quantized
+        outputs covering [0, 1] and to logits otherwise.
+
+        Args:
+            model_path: The .tflite or .onnx file.
+            labels: A labels file or a list of names; overrides the metadata's labels.
+            size: Input size N or (height, width); must agree with the model and the metadata.
+            preprocessing: Overrides the metadata's preprocessing block.
+            threads: Interpreter threads (default: all cores available).
+            device: 'cpu', or 'gpu' (ONNX Runtime's CUDA execution provider; a clear error without one).
+            input_range: 'raw', '0,255', '-1,1', '0,1' or (lo, hi): the value range the model expects.
+            output_kind: binary_logit | softmax_logits | probabilities; overrides the metadata.
+
+        Returns:
+            A ready Predictor.
+
+        Raises:
+            UserError: Unknown suffix, unloadable model, missing metadata without labels, a label
+                count or size that does not match the model.
+            ContractError: A metadata file that exists but is invalid.
+        """
+        path = Path(model_path)
+        backend = open_backend(path, threads=threads, device=device)
+        label_list = None
+        if labels is not None:
+            label_list = read_labels(labels) if isinstance(labels, (str, os.PathLike)) else list(labels)
+        meta_file = metadata_path_for(path)
+        if meta_file.is_file():
+            meta = read_metadata(meta_file)
+            if label_list is not None:
+                meta.labels = label_list
+        else:
+            if label_list is None:
+                raise UserError(f"{path} has no metadata file ({meta_file.name} beside it): pass --labels FILE "
+                                "(and --size N / --input-range if the defaults do not fit) to run it")
+            if size is None and -1 in backend.inputs[0].shape[1:3]:
+                raise UserError(f"{path} has a dynamic input size and no metadata: pass --size N")
+            meta = _metadata_from_model(backend, label_list)
+        if preprocessing is not None:
+            meta.preprocessing = preprocessing
+        if size is not None:
+            hw = (int(size), int(size)) if isinstance(size, (int, np.integer)) else tuple(int(v) for v in size)
+            if meta_file.is_file() and hw != tuple(meta.preprocessing.size):
+                raise UserError(f"--size {hw[0]}x{hw[1]} contradicts {meta_file.name} (size {list(meta.preprocessing.size)})")
+            meta.preprocessing.size = hw
+        if output_kind is not None:
+            meta.output_kind = output_kind
+        rng = parse_input_range(input_range) if input_range is not None else None
+        if rng is None and not meta_file.is_file() and backend.inputs[0].quantized:
+            rng = "raw"
+        return cls(backend, meta, path=path, input_range=rng)
+
+    def _check_shapes(self) -> None:
+        shape = self.input_details.shape
+        if len(shape) != 4 or shape[3] not in (3, -1):
+            raise UserError(f"{self._name}: expected an NHWC image input (N, H, W, 3), the model has {list(shape)}")
+        model_hw = shape[1:3]
+        if -1 not in model_hw and tuple(model_hw) != tuple(self.size):
+            raise UserError(f"{self._name}: input size {self.size[0]}x{self.size[1]} does not match the model's "
+                            f"input {model_hw[0]}x{model_hw[1]}")
+        n_out = self.output_details.shape[-1]
+        kind = self.metadata.output_kind
+        if kind not in ("binary_logit", "softmax_logits", "probabilities"):
+            raise UserError(f"output kind {kind!r} is not binary_logit, softmax_logits or probabilities")
+        expected = 1 if kind == "binary_logit" else len(self.labels)
+        if kind == "binary_logit" and len(self.labels) != 2:
+            raise UserError(f"{self._name}: a binary_logit model needs exactly 2 labels, got {len(self.labels)}")
+        if n_out != expected:
+            raise UserError(f"{self._name}: {len(self.labels)} labels do not match the model's {n_out} outputs "
+                            f"(output kind {kind})")
+
+    @property
+    def _name(self) -> str:
+        return self.path.name if self.path else "model"
+
+    def _prepare_input(self, input_range: Any) -> None:
+        """Fold range mapping and quantization into one affine map q = x * a + b, computed once."""
+        d = self.input_details
+        h, w = self.size
+        self._batch_cap = max(1, self.backend.max_batch)
+        self._in_shape = (1, h, w, 3)
+        if isinstance(input_range, str):
+            input_range = parse_input_range(input_range)
+        if input_range == "raw":
+            if not np.issubdtype(d.dtype, np.integer):
+                raise UserError(f"{self._name}: --input-range raw is for integer (uint8/int8) inputs; this one is {d.dtype}")
+            info = np.iinfo(d.dtype)
+            # raw: pixel p becomes the integer p (+ qmin): the real range that quantization represents.
+            lo = (info.min - (d.zero_point or 0)) * (d.scale or 1.0)
+            input_range = (lo, lo + 255 * (d.scale or 1.0))
+        lo, hi = (float(v) for v in input_range)
+        self.metadata.preprocessing.input_range = (lo, hi)
+        a, b = (hi - lo) / 255.0, lo
+        self._integer_input = np.issubdtype(d.dtype, np.integer)
+        if self._integer_input:
+            if d.quantized:
+                a, b = a / d.scale, b / d.scale + d.zero_point
+            info = np.iinfo(d.dtype)
+            self._clip = (float(info.min), float(info.max))
+        self._identity = abs(a - 1.0) < 1e-9 and abs(b) < 1e-9
+        self._a, self._b = np.float32(a), np.float32(b)
+        # Preallocated buffers for the one-image hot path.
+        self._tmp = np.empty(self._in_shape, np.float32)
+        self._qbuf = np.empty(self._in_shape, d.dtype)
+
+    def _prepare_output(self) -> None:
+        d = self.output_details
+        self._out_scale = np.float32(d.scale) if d.quantized else None
+        self._out_zero = np.float32(d.zero_point or 0)
+        self._kind = self.metadata.output_kind
+
+    # ---------------------------------------------------------------- inference
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        """Float32 0..255 images -> the model's input tensor (dtype and quantization of its input).
+
+        Returns a preallocated buffer for a single image (valid until the next call).
+        """
+        if x.shape[0] == 1 and x.shape == self._in_shape:
+            tmp, out = self._tmp, self._qbuf
+        else:
+            tmp, out = np.empty(x.shape, np.float32), np.empty(x.shape, self.input_details.dtype)
+        if self._identity:
+            if not self._integer_input:
+                return x if x.dtype == np.float32 and x.flags.c_contiguous else np.ascontiguousarray(x, np.float32)
+            np.copyto(tmp, x, casting="unsafe")
+        else:
+            np.multiply(x, self._a, out=tmp, casting="unsafe")
+            np.add(tmp, self._b, out=tmp)
+        if self._integer_input:
+            np.rint(tmp, out=tmp)
+            np.clip(tmp, *self._clip, out=tmp)
+            np.copyto(out, tmp, casting="unsafe")
+            return out
+        if out.dtype != np.float32:  # float16 ONNX input
+            np.copyto(out, tmp, casting="same_kind")
+            return out
+        return tmp
+
+    def postprocess(self, raw: np.ndarray) -> np.ndarray:
+        """Raw model outputs (N, K) -> probabilities (N, classes): dequantize, then sigmoid or softmax."""
+        z = raw.astype(np.float32, copy=False)
+        if self._out_scale is not None:
+            z = (z - self._out_zero) * self._out_scale
+        z = z.reshape(z.shape[0], -1)
+        if self._kind == "binary_logit":
+            p1 = 1.0 / (1.0 + np.exp(-z[:, :1]))
+            return np.concatenate([1.0 - p1, p1], axis=1).astype(np.float32)
+        if self._kind == "softmax_logits":
+            e = np.exp(z - z.max(axis=1, keepdims=True))
+            return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+        return np.array(z, dtype=np.float32)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities for a batch of preprocessed images.
+
+        Args:
+            batch: float32 (N, H, W, 3) or (H, W, 3), values 0..255 (the output of `preprocess`).
+
+        Returns:
+            float32 (N, num_classes) probabilities, index-aligned with `labels`.
+        """
+        x = np.asarray(batch)
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4 or x.shape[1:] != self._in_shape[1:]:
+            raise ValueError(f"predict expects (N, {self.size[0]}, {self.size[1]}, 3) images, got shape {x.shape}")
+        invoke, n, cap = self.backend.invoke, x.shape[0], self._batch_cap
+        if n == 1:
+            return self.postprocess(invoke(self.quantize(x)))
+        if cap == 1:
+            raws = [invoke(self.quantize(x[i:i + 1])) for i in range(n)]
+        else:
+            raws = [invoke(self.quantize(x[i:i + cap])) for i in range(0, n, cap)]
+        return self.postprocess(np.concatenate(raws))
+
+    def predict_files(self, paths: Sequence[str | os.PathLike], batch_size: int = 32) -> np.ndarray:
+        """Decode, preprocess (per the contract) and classify image files.
+
+        Raises:
+            ImageError: A file is missing or not a readable image (use `predict` per file to go on).
+        """
+        pre = self.metadata.preprocessing
+        out = []
+        for i in range(0, len(paths), batch_size):
+            batch = np.stack([load_and_preprocess(p, self.size, pre.exif_orientation) for p in paths[i:i + batch_size]])
+            out.append(self.predict(batch))
+        return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
+
+    def invoke_raw(self, x: np.ndarray) -> np.ndarray:
+        """One raw interpreter call on an already typed (quantized) input of the model's shape.
+
+        Used by latency benchmarks to compare the wrapper (`predict`) with the bare interpreter.
+        """
+        return self.backend.invoke(x)
+
+    def backend_info(self) -> dict[str, Any]:
+        """Backend name, package version, threads and the delegate/execution provider actually used."""
+        info = dict(self.backend.info())
+        info["model"] = str(self.path) if self.path else None
+        return info
+
+    def __repr__(self) -> str:
+        d = self.input_details
+        return (f"Predictor({self._name}, {self.backend_info()['backend']}, input {list(d.shape)} {d.dtype}, "
+                f"{len(self.labels)} labels, {self.metadata.output_kind})")
+
+
+def _metadata_from_model(backend: Any, labels: list[str]) -> ModelMetadata:
+    """Contract for a model that came without one: what the interpreter says, plus sensible defaults."""
+    d_in, d_out = backend.inputs[0], backend.outputs[0]
+    hw = tuple(d_in.shape[1:3]) if len(d_in.shape) == 4 and -1 not in d_in.shape[1:3] else None
+    n_out = d_out.shape[-1]
+    if d_out.quantized:
+        # Quantized [0, 1] outputs (scale ~1/256 over the integer range) are softmax probabilities.
+        info = np.iinfo(d_out.dtype)
+        lo, hi = (info.min - d_out.zero_point) * d_out.scale, (info.max - d_out.zero_point) * d_out.scale
+        kind = "probabilities" if abs(lo) < 1e-6 and 0.99 <= hi <= 1.01 else "softmax_logits"
+    else:
+        kind = "softmax_logits"
+    if n_out == 1 and len(labels) == 2:
+        kind = "binary_logit"
+    return ModelMetadata(
+        labels=labels,
+        preprocessing=Preprocessing(size=hw or (224, 224)),
+        input=TensorSpec(shape=list(d_in.shape), dtype=str(d_in.dtype), scale=d_in.scale, zero_point=d_in.zero_point),
+        output=TensorSpec(shape=list(d_out.shape), dtype=str(d_out.dtype), scale=d_out.scale, zero_point=d_out.zero_point),
+        output_kind=kind,
+        preset="external",
+        source={"note": "no metadata file: built from the model's tensor details and command-line flags"},
+    )
