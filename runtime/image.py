@@ -100,8 +100,9 @@ def resize_bilinear(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
     wx = wx[None, :, None]
     top = image[y0].astype(np.float32)
     bottom = image[y1].astype(np.float32)
-    top_l, top_r = top[:, x0], top[:, x1]
-    bot_l, bot_r = bottom[:, x0], bottom[:, x1]
+    # np.take keeps C order (fancy indexing on axis 1 would not, and every later pass would be slow).
+    top_l, top_r = np.take(top, x0, axis=1), np.take(top, x1, axis=1)
+    bot_l, bot_r = np.take(bottom, x0, axis=1), np.take(bottom, x1, axis=1)
     top = top_l + (top_r - top_l) * wx
     bottom = bot_l + (bot_r - bot_l) * wx
     return top + (bottom - top) * wy[:, None, None]

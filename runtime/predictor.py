@@ -176,34 +176,51 @@ class Predictor:
         return self.path.name if self.path else "model"
 
     def _prepare_input(self, input_range: Any) -> None:
-        """Fold range mapping and quantization into one affine map q = x * a + b, computed once."""
+        """Fold range mapping and quantization into one affine map, computed once per model.
+
+        Integer inputs are rounded like TFLite's own Quantize op, q = round(x / scale) + zero_point
+        with round half away from zero. When x >= 0 that is floor(x / scale + 0.5), and the integer
+        zero point can go inside the floor: q = floor(pixel * a + b) with a, b precomputed, which
+        is what the hot path computes (one multiply-add, one floor, one clip, one cast).
+        """
         d = self.input_details
         h, w = self.size
         self._batch_cap = max(1, self.backend.max_batch)
         self._in_shape = (1, h, w, 3)
+        self._in_dtype = d.dtype
+        self._integer_input = np.issubdtype(d.dtype, np.integer)
         if isinstance(input_range, str):
             input_range = parse_input_range(input_range)
+        scale = d.scale if d.quantized else 1.0
+        zero = d.zero_point if d.quantized else 0
+        self._away = False  # negative values need the sign-aware rounding path
         if input_range == "raw":
-            if not np.issubdtype(d.dtype, np.integer):
+            if not self._integer_input:
                 raise UserError(f"{self._name}: --input-range raw is for integer (uint8/int8) inputs; this one is {d.dtype}")
-            info = np.iinfo(d.dtype)
-            # raw: pixel p becomes the integer p (+ qmin): the real range that quantization represents.
-            lo = (info.min - (d.zero_point or 0)) * (d.scale or 1.0)
-            input_range = (lo, lo + 255 * (d.scale or 1.0))
+            qmin = int(np.iinfo(d.dtype).min)
+            # raw: pixel p becomes the integer round(p) + qmin; the contract records the real range it means.
+            lo = (qmin - zero) * scale
+            input_range = (lo, lo + 255 * scale)
+            a, b = 1.0, qmin + 0.5
+        else:
+            lo, hi = (float(v) for v in input_range)
+            a, b = (hi - lo) / 255.0, lo
+            if self._integer_input:
+                a, b = a / scale, b / scale
+                if lo >= 0:
+                    b += 0.5 + zero
+                else:
+                    self._away, self._zero = True, np.float32(zero)
         lo, hi = (float(v) for v in input_range)
         self.metadata.preprocessing.input_range = (lo, hi)
-        a, b = (hi - lo) / 255.0, lo
-        self._integer_input = np.issubdtype(d.dtype, np.integer)
         if self._integer_input:
-            if d.quantized:
-                a, b = a / d.scale, b / d.scale + d.zero_point
             info = np.iinfo(d.dtype)
             self._clip = (float(info.min), float(info.max))
-        self._identity = abs(a - 1.0) < 1e-9 and abs(b) < 1e-9
+        self._scale_one = abs(a - 1.0) < 1e-12
+        self._identity = self._scale_one and abs(b) < 1e-12 and not self._integer_input
         self._a, self._b = np.float32(a), np.float32(b)
-        # Preallocated buffers for the one-image hot path.
+        # Preallocated float buffer for the one-image hot path.
         self._tmp = np.empty(self._in_shape, np.float32)
-        self._qbuf = np.empty(self._in_shape, d.dtype)
 
     def _prepare_output(self) -> None:
         d = self.output_details
@@ -215,28 +232,26 @@ class Predictor:
     def quantize(self, x: np.ndarray) -> np.ndarray:
         """Float32 0..255 images -> the model's input tensor (dtype and quantization of its input).
 
-        Returns a preallocated buffer for a single image (valid until the next call).
+        For float inputs the returned array may be a reused buffer (valid until the next call).
         """
-        if x.shape[0] == 1 and x.shape == self._in_shape:
-            tmp, out = self._tmp, self._qbuf
-        else:
-            tmp, out = np.empty(x.shape, np.float32), np.empty(x.shape, self.input_details.dtype)
         if self._identity:
-            if not self._integer_input:
-                return x if x.dtype == np.float32 and x.flags.c_contiguous else np.ascontiguousarray(x, np.float32)
-            np.copyto(tmp, x, casting="unsafe")
+            return x if x.dtype == np.float32 and x.flags.c_contiguous else np.ascontiguousarray(x, np.float32)
+        tmp = self._tmp if x.shape == self._in_shape else np.empty(x.shape, np.float32)
+        if self._scale_one:
+            np.add(x, self._b, out=tmp, casting="unsafe")
         else:
             np.multiply(x, self._a, out=tmp, casting="unsafe")
             np.add(tmp, self._b, out=tmp)
-        if self._integer_input:
-            np.rint(tmp, out=tmp)
-            np.clip(tmp, *self._clip, out=tmp)
-            np.copyto(out, tmp, casting="unsafe")
-            return out
-        if out.dtype != np.float32:  # float16 ONNX input
-            np.copyto(out, tmp, casting="same_kind")
-            return out
-        return tmp
+        if not self._integer_input:
+            return tmp if self._in_dtype == np.float32 else tmp.astype(self._in_dtype)  # float16 ONNX input
+        if self._away:
+            # Round half away from zero, then add the zero point (TFLite's Quantize op).
+            np.add(np.trunc(tmp + np.copysign(np.float32(0.5), tmp)), self._zero, out=tmp)
+        else:
+            np.floor(tmp, out=tmp)
+        np.clip(tmp, *self._clip, out=tmp)
+        # astype, not copyto(casting="unsafe"): numpy's float->int copyto path is ~15x slower.
+        return tmp.astype(self._in_dtype)
 
     def postprocess(self, raw: np.ndarray) -> np.ndarray:
         """Raw model outputs (N, K) -> probabilities (N, classes): dequantize, then sigmoid or softmax."""

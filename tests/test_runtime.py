@@ -74,16 +74,35 @@ def test_quantization_uses_the_interpreters_parameters(name):
     assert d.dtype == np.dtype(name.split("_")[1].split(".")[0]) and d.quantized
     x = np.random.default_rng(0).uniform(0, 255, (1, 32, 32, 3)).astype(np.float32)
     info = np.iinfo(d.dtype)
-    expected = np.clip(np.rint(x / d.scale + d.zero_point), info.min, info.max).astype(d.dtype)
+    # TFLite's Quantize op: round(x / scale) half away from zero, plus the zero point, clipped.
+    expected = np.clip(tflite_round(x / d.scale) + d.zero_point, info.min, info.max).astype(d.dtype)
     q = p.quantize(x)
     assert q.dtype == d.dtype
     np.testing.assert_array_equal(q, expected)
+    ties = np.full((1, 32, 32, 3), 100.5, np.float32)  # upscaling by 2 makes exact .5 pixels
+    assert p.quantize(ties).flat[0] == 101 + d.zero_point
     # The output is dequantized with the output's own scale and zero point, then soft-maxed.
     raw = p.invoke_raw(q)
     o = p.output_details
     z = (raw.astype(np.float32) - o.zero_point) * o.scale
     e = np.exp(z - z.max())
     np.testing.assert_allclose(p.predict(x), e / e.sum(), rtol=1e-5)
+
+
+def tflite_round(v: np.ndarray) -> np.ndarray:
+    return np.sign(v) * np.floor(np.abs(v) + 0.5)
+
+
+def test_negative_input_range_rounds_half_away_from_zero(tmp_path):
+    model = no_metadata_copy(tmp_path, "tiny3_int8.tflite")
+    p = Predictor.from_path(model, labels=["r", "g", "b"], input_range="-1,1")
+    d = p.input_details
+    x = np.random.default_rng(2).uniform(0, 255, (1, 32, 32, 3)).astype(np.float32)
+    x[0, 0, 0] = [0.0, 127.5, 255.0]
+    real = x / 127.5 - 1.0
+    expected = np.clip(tflite_round(real / d.scale) + d.zero_point, -128, 127).astype(np.int8)
+    assert np.abs(p.quantize(x).astype(int) - expected).max() <= 1  # float32 vs float64 on near-ties
+    assert p.quantize(x)[0, 0, 0].tolist() == expected[0, 0, 0].tolist()
 
 
 def test_metadata_agrees_with_interpreter_details():
