@@ -63,18 +63,23 @@ EOF
     mv "$ROOTFS.tmp" "$ROOTFS"
 fi
 
-# --- 3. aarch64 wheels for the Pi's platform (glibc 2.36), edgetune from this checkout --------------
+# --- 3. aarch64 wheels for the Pi's platform (glibc 2.36); edgetune itself rebuilt from this checkout ----
+say "building the edgetune wheel from $REPO"
+rm -rf "$WORK/dist" "$WORK/app" && mkdir -p "$WORK/dist"
+"$PY_HOST" -m pip wheel -q --no-deps --no-build-isolation -w "$WORK/dist" "$REPO" >/dev/null 2>&1
+WHEEL="$(ls "$WORK"/dist/edgetune-*.whl)"
 if [ ! -f "$SITE/.complete" ]; then
-    say "fetching aarch64 wheels"
-    rm -rf "$SITE" "$WORK/dist" && mkdir -p "$WORK/dist"
-    "$PY_HOST" -m pip wheel -q --no-deps --no-build-isolation -w "$WORK/dist" "$REPO" >/dev/null 2>&1
+    say "fetching aarch64 wheels (edgetune's base dependencies + the [onnx] extra)"
+    rm -rf "$SITE"
     PLAT=()
     for v in $(seq 17 36); do PLAT+=(--platform "manylinux_2_${v}_aarch64"); done
     PLAT+=(--platform manylinux2014_aarch64)
     "$PY_HOST" -m pip install -q --target "$SITE" --only-binary=:all: --python-version 3.11 --implementation cp \
-        --abi cp311 "${PLAT[@]}" "$(ls "$WORK"/dist/edgetune-*.whl)[onnx]"
+        --abi cp311 "${PLAT[@]}" "$WHEEL[onnx]"
+    rm -rf "$SITE"/edgetune "$SITE"/edgetune-*.dist-info  # the checkout's code goes in app/ on every run
     touch "$SITE/.complete"
 fi
+"$PY_HOST" -m pip install -q --no-deps --target "$WORK/app" "$WHEEL" >/dev/null
 "$PY_HOST" - "$SITE" <<'EOF'
 import sys, pathlib
 site = pathlib.Path(sys.argv[1])
@@ -89,10 +94,10 @@ say "running the fixture models under emulated aarch64"
 cd "$REPO"
 set +e
 unshare -m sh -c "mount -t tmpfs none /sys/devices/system/cpu && \
-    PYTHONPATH='$SITE' PYTHONDONTWRITEBYTECODE=1 $PYARM -c 'import platform; print(\"emulated:\", platform.machine(), platform.python_version())' && \
-    PYTHONPATH='$SITE' PYTHONDONTWRITEBYTECODE=1 $PYARM scripts/pi_reference.py --out '$OUT' \
+    PYTHONPATH='$WORK/app:$SITE' PYTHONDONTWRITEBYTECODE=1 $PYARM -c 'import platform; print(\"emulated:\", platform.machine(), platform.python_version())' && \
+    PYTHONPATH='$WORK/app:$SITE' PYTHONDONTWRITEBYTECODE=1 $PYARM scripts/pi_reference.py --out '$OUT' \
         --compare tests/fixtures/reference_x86_64.json && \
-    cd '$WORK' && PYTHONPATH='$SITE' PYTHONDONTWRITEBYTECODE=1 $PYARM -m edgetune.cli predict \
+    cd '$WORK' && PYTHONPATH='$WORK/app:$SITE' PYTHONDONTWRITEBYTECODE=1 $PYARM -m edgetune.cli predict \
         '$REPO/tests/fixtures/models/tiny3_int8.tflite' '$REPO/tests/fixtures/images' --top-k 1 > '$WORK/predict_aarch64.txt'"
 RC=$?
 set -e
@@ -105,6 +110,16 @@ if [ $RC = 0 ]; then
     else
         say "edgetune predict top-1 differs between x86-64 and aarch64"; RC=1
     fi
+fi
+# A real model too, when the shared assets are there: the ImageNet int8 MobileNetV2 must name the cat.
+SRC="${EDGETUNE_SHARED_ASSETS:-$REPO/../shared/assets}/mobilenet_v2/source"
+if [ $RC = 0 ] && [ -f "$SRC/tf2_mobilenet_v2_1.0_224_ptq.tflite" ]; then
+    say "ImageNet int8 MobileNetV2 (224 px) under emulation:"
+    unshare -m sh -c "mount -t tmpfs none /sys/devices/system/cpu && cd '$WORK' && \
+        PYTHONPATH='$WORK/app:$SITE' PYTHONDONTWRITEBYTECODE=1 $PYARM -m edgetune.cli predict \
+        '$SRC/tf2_mobilenet_v2_1.0_224_ptq.tflite' '$SRC/cat.bmp' '$SRC/grace_hopper.bmp' \
+        --labels '$SRC/imagenet_labels.txt' --size 224" 2>/dev/null | tee "$WORK/imagenet_aarch64.txt" | sed 's/^/  /' >&2
+    grep -q "cat.bmp: Egyptian cat" "$WORK/imagenet_aarch64.txt" || { say "expected Egyptian cat"; RC=1; }
 fi
 say "done (exit $RC); outputs in $OUT"
 exit $RC
