@@ -31,7 +31,7 @@ class TrainConfig:
     resume: bool = opt("continue an interrupted run from its last completed epoch", False)
     force: bool = opt("replace an existing complete run dir", False)
     cache_features: str = opt("stage 1 fast path: auto (on when exact), memory, disk or off", "auto", choices=["auto", "memory", "disk", "off"])
-    feature_copies: int = opt("augmented copies per image cached for the stage 1 fast path (0: augmentation off in stage 1)", 0)
+    feature_copies: int = opt("fast path: augmented copies cached per training image besides the original; epoch e trains on copy e mod (1 + copies)", 1)
     strategy: str = opt("distribution: auto, one (single device), mirrored (GPUs of one host), multiworker (TF_CONFIG)", "auto", choices=["auto", "one", "mirrored", "multiworker"])
     workers: str | None = opt("multiworker: comma-separated host:port list (builds TF_CONFIG)", None)
     worker_index: int | None = opt("multiworker: index of this worker in --workers", None)

@@ -56,6 +56,13 @@ def is_multiworker(strategy: tf.distribute.Strategy) -> bool:
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
+def shard_by_data(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """Shard batches across workers by element: file-based sharding does not apply to a file list in memory."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
+
+
 def scratch_dir(out) -> str:
     """Where a non-chief worker writes what Keras insists on writing (thrown away)."""
     return tempfile.mkdtemp(prefix="edgetune-worker-")

@@ -24,6 +24,7 @@ from edgetune.contract import ModelMetadata, Preprocessing, TensorSpec, sha256_f
 from edgetune.train import distribute
 from edgetune.train.config import TrainConfig
 from edgetune.train.data import make_dataset
+from edgetune.train.features import FastPath, fit_stage1, fit_stage2, use_fast_path
 from edgetune.train.model import build_model, deployment_model, freeze_for_stage
 from edgetune.train.splits import Splits, make_splits
 
@@ -33,9 +34,10 @@ CHECKPOINT = "checkpoint"
 class EpochCheckpoint(keras.callbacks.Callback):
     """After every epoch: save the compiled model and the history so far (what --resume needs)."""
 
-    def __init__(self, folder: Path, stage: int, history: dict, enabled: bool = True):
+    def __init__(self, folder: Path, stage: int, history: dict, target: keras.Model, enabled: bool = True):
         super().__init__()
-        self.folder, self.stage, self.history, self.enabled = folder, stage, history, enabled
+        # `target` is the full model: the fast path fits a head or top sub-model that shares its layers.
+        self.folder, self.stage, self.history, self.target, self.enabled = folder, stage, history, target, enabled
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         for k, v in (logs or {}).items():
@@ -44,7 +46,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = self.folder / "model.tmp.keras"
-        self.model.save(tmp)
+        self.target.save(tmp)
         os.replace(tmp, self.folder / "model.keras")
         write_json_atomic(self.folder / "state.json", {"stage": self.stage, "epochs_done": epoch + 1, "history": self.history})
 
@@ -126,8 +128,9 @@ def train_run(cfg: TrainConfig) -> Path:
     cfg.validate()
     strategy, chief = distribute.make_strategy(cfg)
     out, partial, state = _prepare_run_dir(cfg, chief)
-    # Non-chief workers write their (identical) files to a scratch dir that is thrown away.
+    # Non-chief workers write their (identical) files to a scratch dir; only the chief's land in out.
     work = partial if chief else Path(distribute.scratch_dir(out))
+    work.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(cfg.seed)
     if cfg.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
@@ -137,10 +140,9 @@ def train_run(cfg: TrainConfig) -> Path:
     if splits.skipped:
         print(f"skipped {len(splits.skipped)} unreadable file(s); see the warning above", file=sys.stderr)
     n = len(splits.classes)
-    if chief:
-        splits.write(work / "splits")
-        (work / "labels.txt").write_text("".join(f"{c}\n" for c in splits.classes))
-        write_json_atomic(work / "config.json", config_to_dict(cfg) | {"data": str(data)})
+    splits.write(work / "splits")
+    (work / "labels.txt").write_text("".join(f"{c}\n" for c in splits.classes))
+    write_json_atomic(work / "config.json", config_to_dict(cfg) | {"data": str(data), "replicas": strategy.num_replicas_in_sync})
     size = (cfg.image_size, cfg.image_size)
     train_ds = make_dataset(splits.train, size, cfg.batch_size, n, shuffle=True, seed=cfg.seed)
     val_ds = make_dataset(splits.val, size, cfg.batch_size, n)
@@ -151,6 +153,11 @@ def train_run(cfg: TrainConfig) -> Path:
     done = state["epochs_done"] if state else 0
     ckpt_dir = work / CHECKPOINT
     tensorboard = keras.callbacks.TensorBoard(log_dir=str(work / "tb"), write_graph=False, update_freq="epoch")
+    extra_callbacks = []
+    if distribute.is_multiworker(strategy):
+        # A restarted worker rejoins from the last epoch instead of starting over.
+        extra_callbacks.append(keras.callbacks.BackupAndRestore(backup_dir=str(work / "backup")))
+        train_ds, val_ds, test_ds = (distribute.shard_by_data(d) for d in (train_ds, val_ds, test_ds))
     with strategy.scope():
         model, weights_source = build_model(n, size, cfg.weights, cfg.alpha, cfg.dropout, cfg.rotation, cfg.flip, cfg.seed)
         if cfg.weights == "none":
@@ -161,6 +168,7 @@ def train_run(cfg: TrainConfig) -> Path:
             model = keras.models.load_model(ckpt_dir / "model.keras")
 
     total = cfg.epochs + cfg.fine_tune_epochs
+    fast = None
     if done < cfg.epochs:  # stage 1: frozen base, head only
         with strategy.scope():
             if not state:
@@ -170,11 +178,10 @@ def train_run(cfg: TrainConfig) -> Path:
             metrics["initial"] = {"val": _evaluate(model, val_ds)}
             print(f"before training: val loss {metrics['initial']['val']['loss']:.4f}, accuracy {metrics['initial']['val']['accuracy']:.4f}", file=sys.stderr)
         t0 = time.perf_counter()
-        ckpt = EpochCheckpoint(ckpt_dir, 1, history, enabled=chief)
-        from edgetune.train.features import fit_stage1
-
-        fit_stage1(model, cfg, splits, train_ds, val_ds, initial_epoch=done, callbacks=[ckpt, tensorboard], strategy=strategy)
-        metrics["stage1"] = {"epochs": cfg.epochs, "seconds": round(time.perf_counter() - t0, 1),
+        fast = _fast_path(model, cfg, splits, size, strategy, work)
+        ckpt = EpochCheckpoint(ckpt_dir, 1, history, model, enabled=chief)
+        fit_stage1(model, cfg, splits, train_ds, val_ds, initial_epoch=done, callbacks=[ckpt, tensorboard, *extra_callbacks], strategy=strategy, fast=fast)
+        metrics["stage1"] = {"epochs": cfg.epochs, "seconds": round(time.perf_counter() - t0, 1), "fast_path": fast is not None,
                              "val": _evaluate(model, val_ds), "test": _evaluate(model, test_ds)}
         write_json_atomic(work / "metrics.partial.json", metrics)
         done = cfg.epochs
@@ -185,14 +192,16 @@ def train_run(cfg: TrainConfig) -> Path:
                 freeze_for_stage(model, 2, cfg.fine_tune_at)
                 _compile(model, 2, cfg, n)
         t0 = time.perf_counter()
-        ckpt = EpochCheckpoint(ckpt_dir, 2, history, enabled=chief)
-        model.fit(train_ds, epochs=total, initial_epoch=done, validation_data=val_ds, callbacks=[ckpt, tensorboard], verbose=cfg.verbose, shuffle=False)
-        metrics["stage2"] = {"epochs": cfg.fine_tune_epochs, "seconds": round(time.perf_counter() - t0 + metrics.get("stage2", {}).get("seconds", 0), 1),
+        if fast is None:
+            fast = _fast_path(model, cfg, splits, size, strategy, work)
+        ckpt = EpochCheckpoint(ckpt_dir, 2, history, model, enabled=chief)
+        fit_stage2(model, cfg, train_ds, val_ds, done, [ckpt, tensorboard, *extra_callbacks], fast)
+        metrics["stage2"] = {"epochs": cfg.fine_tune_epochs, "seconds": round(time.perf_counter() - t0, 1), "fast_path": bool(fast and fast.stage2),
                              "val": _evaluate(model, val_ds), "test": _evaluate(model, test_ds)}
+    del fast  # free the cached activations before saving and exporting
+    shutil.rmtree(work / "feature_cache", ignore_errors=True)
     final = metrics.get("stage2") or metrics["stage1"]
     metrics["final"] = {"val": final["val"], "test": final["test"]}
-    if not chief:
-        return out
 
     model_file = work / "model.keras"
     model.save(model_file)
@@ -207,10 +216,21 @@ def train_run(cfg: TrainConfig) -> Path:
     write_metadata(work / "metadata.json", _metadata(cfg, splits, model.output_shape[-1], model_file, weights_source, metrics))
     shutil.rmtree(work / CHECKPOINT, ignore_errors=True)
     (work / "metrics.partial.json").unlink(missing_ok=True)
+    if not chief:
+        # Every worker runs the same steps (collective ops need all of them); only the chief's land.
+        print(f"worker (not chief) finished; its copy of the run is in {work}", file=sys.stderr)
+        return work
     if out.exists():
         shutil.rmtree(out)
     os.replace(work, out)
     return out
+
+
+def _fast_path(model, cfg, splits, size, strategy, work: Path):
+    """Build the stage 1/2 feature caches when the fast path applies (see edgetune.train.features)."""
+    if not use_fast_path(cfg, strategy):
+        return None
+    return FastPath(model, cfg, splits, size, folder=work / "feature_cache" if cfg.cache_features == "disk" else None)
 
 
 def _default_data() -> Path:

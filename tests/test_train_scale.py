@@ -1,0 +1,120 @@
+"""Training at speed and at scale: the stage 1/2 fast path, strategies, and two workers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_image_tree, pretrained_weights_or_none, tiny_train_config
+
+from edgetune.contract import read_metadata
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_fast_path_features_equal_the_plain_models_computation(tiny_dataset):
+    """Cached pooled features and frontier activations reproduce the full model exactly."""
+    import keras
+
+    from edgetune.train.features import FastPath
+    from edgetune.train.model import BASE, build_model, freeze_for_stage
+    from edgetune.train.splits import make_splits
+
+    cfg = tiny_train_config(tiny_dataset, tiny_dataset / "unused", feature_copies=1)
+    splits = make_splits(tiny_dataset, progress=False)
+    model, _ = build_model(2, (48, 48), cfg.weights, seed=0)
+    fast = FastPath(model, cfg, splits, (48, 48))
+    assert fast.stage2 and fast.n_front == 2  # block_11 input and the block_10 skip connection
+    assert len(fast.train_copies) == 2
+    from edgetune.train import load_images
+
+    x = load_images([s.path for s in splits.val], (48, 48))
+    pooled = model.get_layer("pooling")(model.get_layer(BASE)(model.get_layer("preprocess")(x), training=False)).numpy()
+    np.testing.assert_allclose(fast.val[-1], pooled, atol=1e-4)
+    # The frontier activations, run through the top sub-model, give the same logits as the full model.
+    freeze_for_stage(model, 2, cfg.fine_tune_at)
+    logits_top = fast.top_model()([np.asarray(a) for a in fast.val[:-1]], training=False).numpy()
+    logits_full = model(x, training=False).numpy()
+    np.testing.assert_allclose(logits_top, logits_full, atol=1e-4)
+    # The augmented copy is a different image set; the original copy is not augmented.
+    assert np.abs(fast.train_copies[1][-1] - fast.train_copies[0][-1]).max() > 1e-3
+    assert isinstance(model.get_layer(BASE), keras.Model)
+
+
+@pytest.mark.parametrize("mode", ["memory", "disk"])
+def test_fast_path_training_trains_the_full_model(tiny_dataset, tmp_path, mode):
+    from edgetune.train import train_run
+
+    run = train_run(tiny_train_config(tiny_dataset, tmp_path / "run", cache_features=mode, epochs=2, fine_tune_epochs=1))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["stage1"]["fast_path"] and metrics["stage2"]["fast_path"]
+    history = json.loads((run / "history.json").read_text())
+    assert len(history["val_accuracy"]) == 3
+    # The last cached-feature validation loss is the full model's evaluation: the head trained in place.
+    assert history["val_loss"][-1] == pytest.approx(metrics["stage2"]["val"]["loss"], abs=1e-3)
+    assert not (run / "feature_cache").exists()
+    assert read_metadata(run).labels == ["cats", "dogs"]
+
+
+def test_strategy_flags_and_tf_config(tmp_path):
+    from edgetune import UserError
+    from edgetune.train.distribute import tf_config_from_workers
+
+    cfg = tf_config_from_workers("127.0.0.1:2222,127.0.0.1:2223", 1)
+    assert cfg == {"cluster": {"worker": ["127.0.0.1:2222", "127.0.0.1:2223"]}, "task": {"type": "worker", "index": 1}}
+    with pytest.raises(UserError, match="--worker-index"):
+        tf_config_from_workers("127.0.0.1:2222,127.0.0.1:2223", 2)
+    with pytest.raises(UserError, match="host:port"):
+        tf_config_from_workers("localhost", 0)
+
+
+def test_multiworker_needs_a_cluster(tiny_dataset, tmp_path, monkeypatch, capsys):
+    from edgetune.cli import main
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    rc = main(["train", "--data", str(tiny_dataset), "--out", str(tmp_path / "r"), "--strategy", "multiworker",
+               "--weights", pretrained_weights_or_none(), "--image-size", "48", "--verbose", "0"])
+    assert rc == 2 and "TF_CONFIG" in capsys.readouterr().err
+
+
+def test_two_workers_on_localhost_train_identical_replicas(tmp_path):
+    data = tmp_path / "data"
+    make_image_tree(data / "train", per_class=16, seed=1)
+    make_image_tree(data / "validation", per_class=10, seed=2)
+    ports = [_free_port(), _free_port()]
+    workers = ",".join(f"127.0.0.1:{p}" for p in ports)
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"} | {"CUDA_VISIBLE_DEVICES": ""}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "edgetune.cli", "train", "--data", str(data), "--out", str(tmp_path / "run"),
+             "--strategy", "multiworker", "--workers", workers, "--worker-index", str(i), "--weights", pretrained_weights_or_none(),
+             "--image-size", "48", "--batch-size", "8", "--epochs", "1", "--fine-tune-epochs", "1", "--verbose", "0"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    run = tmp_path / "run"
+    meta = read_metadata(run)
+    assert meta.labels == ["cats", "dogs"]
+    assert json.loads((run / "config.json").read_text())["replicas"] == 2
+    worker_dir = Path(re.search(r"its copy of the run is in (\S+)", outs[1][1]).group(1))
+    import keras
+
+    chief_model = keras.models.load_model(run / "model.keras", compile=False)
+    worker_model = keras.models.load_model(worker_dir / "model.keras", compile=False)
+    for a, b in zip(chief_model.weights, worker_model.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert not any(tmp_path.glob("run.partial"))
