@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Raspberry Pi (aarch64) check under emulation: install the aarch64 wheels of the lean runtime into an
 # emulated Debian bookworm (= Raspberry Pi OS 64-bit) Python 3.11 and run the committed fixture models,
+# (PI_SUITE=trixie: Debian 13 / Pi OS trixie with Python 3.13)
 # comparing with the x86-64 reference outputs (tests/fixtures/reference_x86_64.json).
 #
 #   sudo scripts/pi_check.sh            # about 1.5-3 minutes the first time, faster with the cache
@@ -21,6 +22,13 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WORK="${PI_CHECK_DIR:-/tmp/edgetune-pi-check}"
+SUITE="${PI_SUITE:-bookworm}"
+case "$SUITE" in
+    bookworm) PYV=3.11; GLIBC_MINOR=36 ;;
+    trixie) PYV=3.13; GLIBC_MINOR=41 ;;
+    *) echo "pi_check: PI_SUITE must be bookworm or trixie" >&2; exit 2 ;;
+esac
+WORK="$WORK/$SUITE"
 ROOTFS="$WORK/rootfs"
 SITE="$WORK/site"
 PY_HOST="${PYTHON:-python3}"
@@ -35,13 +43,13 @@ if ! command -v qemu-aarch64-static >/dev/null; then
 fi
 mkdir -p "$WORK"
 
-# --- 2. arm64 Python 3.11 userland from Debian bookworm ------------------------------------------
-if [ ! -x "$ROOTFS/usr/bin/python3.11" ]; then
-    say "fetching arm64 python3.11 .debs (bookworm)"
+# --- 2. arm64 Python userland from Debian ---------------------------------------------------------
+if [ ! -x "$ROOTFS/usr/bin/python$PYV" ]; then
+    say "fetching arm64 python$PYV .debs ($SUITE)"
     APT_DIR="$WORK/apt"
     mkdir -p "$APT_DIR/state/lists/partial" "$APT_DIR/cache/archives/partial" "$APT_DIR/etc/preferences.d"
     : > "$APT_DIR/state/status"
-    echo "deb [arch=arm64] http://deb.debian.org/debian bookworm main" > "$APT_DIR/sources.list"
+    echo "deb [arch=arm64] http://deb.debian.org/debian $SUITE main" > "$APT_DIR/sources.list"
     cat > "$APT_DIR/apt.conf" <<EOF
 APT::Architecture "arm64";
 APT::Architectures { "arm64"; };
@@ -56,10 +64,14 @@ APT::Install-Recommends "false";
 EOF
     export APT_CONFIG="$APT_DIR/apt.conf"
     apt-get update -qq >/dev/null
-    apt-get install -y -qq --download-only python3.11 libstdc++6 libgcc-s1 >/dev/null
+    apt-get install -y -qq --download-only "python$PYV" libstdc++6 libgcc-s1 >/dev/null
     unset APT_CONFIG
     rm -rf "$ROOTFS.tmp" && mkdir -p "$ROOTFS.tmp"
     for deb in "$APT_DIR"/cache/archives/*.deb; do dpkg -x "$deb" "$ROOTFS.tmp"; done
+    # Merged /usr (trixie): the /lib -> usr/lib links come from base-files, which is not unpacked.
+    for d in bin lib sbin; do
+        if [ ! -e "$ROOTFS.tmp/$d" ] && [ -d "$ROOTFS.tmp/usr/$d" ]; then ln -s "usr/$d" "$ROOTFS.tmp/$d"; fi
+    done
     mv "$ROOTFS.tmp" "$ROOTFS"
 fi
 
@@ -72,10 +84,10 @@ if [ ! -f "$SITE/.complete" ]; then
     say "fetching aarch64 wheels (edgetune's base dependencies + the [onnx] extra)"
     rm -rf "$SITE"
     PLAT=()
-    for v in $(seq 17 36); do PLAT+=(--platform "manylinux_2_${v}_aarch64"); done
+    for v in $(seq 17 $GLIBC_MINOR); do PLAT+=(--platform "manylinux_2_${v}_aarch64"); done
     PLAT+=(--platform manylinux2014_aarch64)
-    "$PY_HOST" -m pip install -q --target "$SITE" --only-binary=:all: --python-version 3.11 --implementation cp \
-        --abi cp311 "${PLAT[@]}" "$WHEEL[onnx]"
+    "$PY_HOST" -m pip install -q --target "$SITE" --only-binary=:all: --python-version "$PYV" --implementation cp \
+        --abi "cp${PYV/./}" "${PLAT[@]}" "$WHEEL[onnx]"
     rm -rf "$SITE"/edgetune "$SITE"/edgetune-*.dist-info  # the checkout's code goes in app/ on every run
     touch "$SITE/.complete"
 fi
@@ -88,7 +100,7 @@ for d in sorted(site.glob("*.dist-info")):
 EOF
 
 # --- 4. run under qemu with an empty /sys/devices/system/cpu ---------------------------------------
-PYARM="qemu-aarch64-static -L $ROOTFS $ROOTFS/usr/bin/python3.11"
+PYARM="qemu-aarch64-static -L $ROOTFS $ROOTFS/usr/bin/python$PYV"
 OUT="$WORK/reference_aarch64.json"
 say "running the fixture models under emulated aarch64"
 cd "$REPO"

@@ -26,5 +26,5 @@ def test_pi_check_under_emulation():
     if r.returncode != 0 and ("Could not resolve" in r.stderr or "Failed to fetch" in r.stderr or "No matching distribution" in r.stderr):
         pytest.skip("no access to the Debian archive or PyPI: " + r.stderr.strip().splitlines()[-1])
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "FAIL" not in r.stdout and "aarch64 (Python 3.11" in r.stdout
+    assert "FAIL" not in r.stdout and "aarch64 (Python 3." in r.stdout
     assert "top-1 matches x86-64" in r.stderr
