@@ -40,6 +40,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be >= 1, got {cfg.batch_size}")
     predictor = Predictor.from_path(args.model, labels=cfg.labels, size=cfg.size, threads=cfg.threads, device=cfg.device,
                                     input_range=cfg.input_range, output_kind=cfg.output_kind)
+    if cfg.input_range is not None and predictor.metadata.preset != "external":
+        # Overriding the contract is the classic silent accuracy killer: say so, on stderr.
+        print(f"edgetune predict: note: --input-range {cfg.input_range} overrides the metadata of {args.model}",
+              file=sys.stderr)
     paths = find_images(args.images)
     if not paths:
         raise UserError(f"no images found in {' '.join(args.images)} (looked for .jpg .jpeg .png .bmp .gif .webp)")

@@ -129,6 +129,11 @@ class Predictor:
         meta_file = metadata_path_for(path)
         if meta_file.is_file():
             meta = read_metadata(meta_file)
+            actual = str(backend.inputs[0].dtype)
+            if meta.input.dtype and meta.input.dtype != actual:
+                # A JSON copied beside the wrong export (e.g. int8.json next to fp32.tflite) must not pass.
+                raise UserError(f"{meta_file.name} describes a {meta.input.dtype} input but {path.name} takes {actual}: "
+                                "is the metadata from another export?")
             if label_list is not None:
                 meta.labels = label_list
         else:

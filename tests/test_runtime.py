@@ -192,6 +192,13 @@ def test_input_range_changes_what_the_model_sees(tmp_path):
         parse_input_range("0-255")
 
 
+def test_metadata_from_another_export_is_refused(tmp_path):
+    model = no_metadata_copy(tmp_path, "tiny3_fp32.tflite")
+    shutil.copy(MODELS / "tiny3_int8.json", model.with_suffix(".json"))
+    with pytest.raises(UserError, match="int8 input but tiny3_fp32.tflite takes float32"):
+        Predictor.from_path(model)
+
+
 def test_size_must_agree_with_metadata():
     with pytest.raises(UserError, match="contradicts"):
         Predictor.from_path(MODELS / "tiny3_fp32.tflite", size=64)
