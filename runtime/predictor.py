@@ -183,10 +183,11 @@ class Predictor:
     def _prepare_input(self, input_range: Any) -> None:
         """Fold range mapping and quantization into one affine map, computed once per model.
 
-        Integer inputs are rounded like TFLite's own Quantize op, q = round(x / scale) + zero_point
-        with round half away from zero. When x >= 0 that is floor(x / scale + 0.5), and the integer
-        zero point can go inside the floor: q = floor(pixel * a + b) with a, b precomputed, which
-        is what the hot path computes (one multiply-add, one floor, one clip, one cast).
+        Integer inputs are quantized like TFLite's Quantize op, q = round(x / scale) + zero_point,
+        computed as q = floor(pixel * a + b) with a, b precomputed (the 0.5 of rounding and the
+        integer zero point folded into b): one multiply-add, one floor, one clip, one cast. That is
+        round half up; TFLite rounds half away from zero, which differs only on exact negative ties,
+        where float32 noise decides anyway (a sign-aware path cost 4x the time for nothing).
         """
         d = self.input_details
         h, w = self.size
@@ -198,7 +199,6 @@ class Predictor:
             input_range = parse_input_range(input_range)
         scale = d.scale if d.quantized else 1.0
         zero = d.zero_point if d.quantized else 0
-        self._away = False  # negative values need the sign-aware rounding path
         if input_range == "raw":
             if not self._integer_input:
                 raise UserError(f"{self._name}: --input-range raw is for integer (uint8/int8) inputs; this one is {d.dtype}")
@@ -211,11 +211,7 @@ class Predictor:
             lo, hi = (float(v) for v in input_range)
             a, b = (hi - lo) / 255.0, lo
             if self._integer_input:
-                a, b = a / scale, b / scale
-                if lo >= 0:
-                    b += 0.5 + zero
-                else:
-                    self._away, self._zero = True, np.float32(zero)
+                a, b = a / scale, b / scale + 0.5 + zero
         lo, hi = (float(v) for v in input_range)
         self.metadata.preprocessing.input_range = (lo, hi)
         if self._integer_input:
@@ -224,7 +220,8 @@ class Predictor:
         self._scale_one = abs(a - 1.0) < 1e-12
         self._identity = self._scale_one and abs(b) < 1e-12 and not self._integer_input
         self._a, self._b = np.float32(a), np.float32(b)
-        # Preallocated float buffer for the one-image hot path.
+        # Preallocated float buffer for the one-image hot path (page faults on a fresh 600 KB array
+        # cost more than the arithmetic).
         self._tmp = np.empty(self._in_shape, np.float32)
 
     def _prepare_output(self) -> None:
@@ -249,11 +246,9 @@ class Predictor:
             np.add(tmp, self._b, out=tmp)
         if not self._integer_input:
             return tmp if self._in_dtype == np.float32 else tmp.astype(self._in_dtype)  # float16 ONNX input
-        if self._away:
-            # Round half away from zero, then add the zero point (TFLite's Quantize op).
-            np.add(np.trunc(tmp + np.copysign(np.float32(0.5), tmp)), self._zero, out=tmp)
-        else:
+        if self._clip[0] < 0:
             np.floor(tmp, out=tmp)
+        # (unsigned: after clipping to >= 0 the cast truncates, which is floor: one pass saved)
         np.clip(tmp, *self._clip, out=tmp)
         # astype, not copyto(casting="unsafe"): numpy's float->int copyto path is ~15x slower.
         return tmp.astype(self._in_dtype)
