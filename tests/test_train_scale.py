@@ -118,3 +118,40 @@ def test_two_workers_on_localhost_train_identical_replicas(tmp_path):
     for a, b in zip(chief_model.weights, worker_model.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert not any(tmp_path.glob("run.partial"))
+
+
+def test_mixed_precision_keeps_float32_logits_and_restores_the_policy(tiny_dataset, tmp_path):
+    import keras
+
+    from edgetune.train import load_model, train_run
+
+    run = train_run(tiny_train_config(tiny_dataset, tmp_path / "run", mixed_precision=True, fine_tune_epochs=0))
+    assert keras.mixed_precision.global_policy().name == "float32"
+    model = load_model(run)
+    assert model.get_layer("logits").dtype_policy.compute_dtype == "float32"
+    assert model.get_layer("mobilenetv2_base").layers[1].dtype_policy.compute_dtype == "float16"
+
+
+def _gpus() -> list:
+    import tensorflow as tf
+
+    return tf.config.list_physical_devices("GPU")
+
+
+@pytest.mark.gpu
+def test_training_uses_the_gpu_when_present(tiny_dataset, tmp_path):
+    if not _gpus():
+        pytest.skip("no GPU on this machine")
+    import time
+
+    from edgetune.train import train_run
+
+    t0 = time.perf_counter()
+    run = train_run(tiny_train_config(tiny_dataset, tmp_path / "run", mixed_precision=True, cache_features="off"))
+    print(f"GPU tiny run (1+1 epochs, mixed precision): {time.perf_counter() - t0:.1f} s")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["stage2"]["seconds"] > 0
+    import tensorflow as tf
+
+    with tf.device("/GPU:0"):
+        assert "GPU" in tf.constant(1.0).device

@@ -28,8 +28,8 @@ from edgetune.train.model import AUGMENTATION, BASE, DROPOUT, LOGITS, POOLING, P
 
 def use_fast_path(cfg, strategy) -> bool:
     """auto: on for single-device training (the cache is per process); memory/disk: on; off: off."""
-    if cfg.cache_features == "off":
-        return False
+    if cfg.cache_features == "off" or isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False  # the cache lives in one process; multi-worker runs the plain recipe
     if cfg.cache_features == "auto":
         return not isinstance(strategy, (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy))
     return True
@@ -75,6 +75,7 @@ class FeatureCache:
         t0 = time.perf_counter()
         for batch in ds:
             outs = self.extractor(batch, training=False)
+            outs = outs if isinstance(outs, (list, tuple)) else [outs]  # one output comes back bare
             outputs.append([np.asarray(o) for o in outs])
         arrays = [np.concatenate(parts) for parts in zip(*outputs)]
         print(f"cached {desc}: {len(samples)} images in {time.perf_counter() - t0:.1f} s", file=sys.stderr)

@@ -63,15 +63,23 @@ def _loss(num_classes: int):
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-def _compile(model: keras.Model, stage: int, cfg: TrainConfig, num_classes: int) -> None:
+def _optimizer(stage: int, cfg: TrainConfig) -> keras.optimizers.Optimizer:
+    """The tutorial's optimizers: Adam for the head, RMSprop at a tenth of the rate for fine-tuning."""
     if stage == 1:
-        optimizer = keras.optimizers.Adam(learning_rate=cfg.learning_rate)
-    else:
-        optimizer = keras.optimizers.RMSprop(learning_rate=cfg.learning_rate / 10)
-    model.compile(optimizer=optimizer, loss=_loss(num_classes), metrics=_metrics(num_classes), jit_compile=cfg.xla)
+        return keras.optimizers.Adam(learning_rate=cfg.learning_rate)
+    return keras.optimizers.RMSprop(learning_rate=cfg.learning_rate / 10)
 
 
-def _evaluate(model: keras.Model, ds: tf.data.Dataset) -> dict[str, float]:
+def _compile(model: keras.Model, stage: int, cfg: TrainConfig, num_classes: int, loop=None) -> None:
+    # compile() alone is fine under every strategy (only fit's symbolic build breaks multi-worker).
+    model.compile(optimizer=_optimizer(stage, cfg), loss=_loss(num_classes), metrics=_metrics(num_classes), jit_compile=cfg.xla)
+    if loop is not None:
+        loop.compile(model.optimizer)
+
+
+def _evaluate(model: keras.Model, ds: tf.data.Dataset, loop=None) -> dict[str, float]:
+    if loop is not None:
+        return loop.evaluate(ds)
     loss, acc = model.evaluate(ds, verbose=0)
     return {"loss": float(loss), "accuracy": float(acc)}
 
@@ -126,6 +134,14 @@ def train_run(cfg: TrainConfig) -> Path:
         UserError: bad data, weights or flags (one clear message).
     """
     cfg.validate()
+    previous_policy = keras.mixed_precision.global_policy()
+    try:
+        return _train_run(cfg)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)  # a global: never leak it to the caller
+
+
+def _train_run(cfg: TrainConfig) -> Path:
     strategy, chief = distribute.make_strategy(cfg)
     out, partial, state = _prepare_run_dir(cfg, chief)
     # Non-chief workers write their (identical) files to a scratch dir; only the chief's land in out.
@@ -153,10 +169,8 @@ def train_run(cfg: TrainConfig) -> Path:
     done = state["epochs_done"] if state else 0
     ckpt_dir = work / CHECKPOINT
     tensorboard = keras.callbacks.TensorBoard(log_dir=str(work / "tb"), write_graph=False, update_freq="epoch")
-    extra_callbacks = []
+    loop = None
     if distribute.is_multiworker(strategy):
-        # A restarted worker rejoins from the last epoch instead of starting over.
-        extra_callbacks.append(keras.callbacks.BackupAndRestore(backup_dir=str(work / "backup")))
         train_ds, val_ds, test_ds = (distribute.shard_by_data(d) for d in (train_ds, val_ds, test_ds))
     with strategy.scope():
         model, weights_source = build_model(n, size, cfg.weights, cfg.alpha, cfg.dropout, cfg.rotation, cfg.flip, cfg.seed)
@@ -166,6 +180,10 @@ def train_run(cfg: TrainConfig) -> Path:
             recalibrate_batchnorm(model, train_ds)
         if state:
             model = keras.models.load_model(ckpt_dir / "model.keras")
+    if distribute.is_multiworker(strategy):
+        from edgetune.train.multiworker import DistributedLoop
+
+        loop = DistributedLoop(model, strategy, n, work / "backup")
 
     total = cfg.epochs + cfg.fine_tune_epochs
     fast = None
@@ -173,16 +191,19 @@ def train_run(cfg: TrainConfig) -> Path:
         with strategy.scope():
             if not state:
                 freeze_for_stage(model, 1)
-                _compile(model, 1, cfg, n)
+                _compile(model, 1, cfg, n, loop)
         if "initial" not in metrics:
-            metrics["initial"] = {"val": _evaluate(model, val_ds)}
+            metrics["initial"] = {"val": _evaluate(model, val_ds, loop)}
             print(f"before training: val loss {metrics['initial']['val']['loss']:.4f}, accuracy {metrics['initial']['val']['accuracy']:.4f}", file=sys.stderr)
         t0 = time.perf_counter()
         fast = _fast_path(model, cfg, splits, size, strategy, work)
         ckpt = EpochCheckpoint(ckpt_dir, 1, history, model, enabled=chief)
-        fit_stage1(model, cfg, splits, train_ds, val_ds, initial_epoch=done, callbacks=[ckpt, tensorboard, *extra_callbacks], strategy=strategy, fast=fast)
+        if loop is not None:
+            loop.fit(train_ds, val_ds, done, cfg.epochs, [ckpt, tensorboard], stage=1)
+        else:
+            fit_stage1(model, cfg, splits, train_ds, val_ds, initial_epoch=done, callbacks=[ckpt, tensorboard], strategy=strategy, fast=fast)
         metrics["stage1"] = {"epochs": cfg.epochs, "seconds": round(time.perf_counter() - t0, 1), "fast_path": fast is not None,
-                             "val": _evaluate(model, val_ds), "test": _evaluate(model, test_ds)}
+                             "val": _evaluate(model, val_ds, loop), "test": _evaluate(model, test_ds, loop)}
         write_json_atomic(work / "metrics.partial.json", metrics)
         done = cfg.epochs
         state = None
@@ -190,14 +211,17 @@ def train_run(cfg: TrainConfig) -> Path:
         with strategy.scope():
             if not state or state.get("stage") != 2:
                 freeze_for_stage(model, 2, cfg.fine_tune_at)
-                _compile(model, 2, cfg, n)
+                _compile(model, 2, cfg, n, loop)
         t0 = time.perf_counter()
         if fast is None:
             fast = _fast_path(model, cfg, splits, size, strategy, work)
         ckpt = EpochCheckpoint(ckpt_dir, 2, history, model, enabled=chief)
-        fit_stage2(model, cfg, train_ds, val_ds, done, [ckpt, tensorboard, *extra_callbacks], fast)
+        if loop is not None:
+            loop.fit(train_ds, val_ds, done, total, [ckpt, tensorboard], stage=2)
+        else:
+            fit_stage2(model, cfg, train_ds, val_ds, done, [ckpt, tensorboard], fast)
         metrics["stage2"] = {"epochs": cfg.fine_tune_epochs, "seconds": round(time.perf_counter() - t0, 1), "fast_path": bool(fast and fast.stage2),
-                             "val": _evaluate(model, val_ds), "test": _evaluate(model, test_ds)}
+                             "val": _evaluate(model, val_ds, loop), "test": _evaluate(model, test_ds, loop)}
     del fast  # free the cached activations before saving and exporting
     shutil.rmtree(work / "feature_cache", ignore_errors=True)
     final = metrics.get("stage2") or metrics["stage1"]
@@ -215,6 +239,7 @@ def train_run(cfg: TrainConfig) -> Path:
     write_json_atomic(work / "metrics.json", metrics)
     write_metadata(work / "metadata.json", _metadata(cfg, splits, model.output_shape[-1], model_file, weights_source, metrics))
     shutil.rmtree(work / CHECKPOINT, ignore_errors=True)
+    shutil.rmtree(work / "backup", ignore_errors=True)  # multi-worker restart state: done with
     (work / "metrics.partial.json").unlink(missing_ok=True)
     if not chief:
         # Every worker runs the same steps (collective ops need all of them); only the chief's land.
