@@ -246,9 +246,8 @@ class Predictor:
             np.add(tmp, self._b, out=tmp)
         if not self._integer_input:
             return tmp if self._in_dtype == np.float32 else tmp.astype(self._in_dtype)  # float16 ONNX input
-        if self._clip[0] < 0:
+        if self._clip[0] < 0:  # unsigned: after clipping to >= 0 the cast truncates, which is floor
             np.floor(tmp, out=tmp)
-        # (unsigned: after clipping to >= 0 the cast truncates, which is floor: one pass saved)
         np.clip(tmp, *self._clip, out=tmp)
         # astype, not copyto(casting="unsafe"): numpy's float->int copyto path is ~15x slower.
         return tmp.astype(self._in_dtype)
