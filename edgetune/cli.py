@@ -19,6 +19,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("edgetune.train._data_cli", "fetch, split and check image-folder data sets"),
     "train": ("edgetune.train._cli", "two-stage MobileNetV2 fine-tuning into a run dir"),
     "predict": ("edgetune.runtime._cli", "classify images with an exported .tflite/.onnx model (no TensorFlow)"),
+    "bench": ("edgetune.benchmarks._cli", "parity vs Keras and latency of exported models, one versioned results JSON"),
+    "compare": ("edgetune.benchmarks._compare_cli", "merge bench results of several devices: table, plots, recommendation"),
+    "pipeline": ("edgetune.benchmarks._pipeline_cli", "train -> convert -> parity -> latency -> report.md in one command"),
 }
 
 

@@ -1,0 +1,252 @@
+"""`run_bench`: parity and latency of every model of a run (or of given model files) in one results JSON.
+
+Parity is computed in this process (one decode of the test split, shared by every model); latency
+runs each model in its own process by default (see `_worker`). Keras baseline rows need TensorFlow
+and are added only where it is installed; without it (a Pi) they are simply absent, or marked
+unavailable when asked for explicitly.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgetune import UserError
+from edgetune._config import config_to_dict
+from edgetune.benchmarks.config import BenchConfig, parse_threads
+from edgetune.benchmarks.latency import LatencyRow, Timing, bench_model, model_format
+from edgetune.benchmarks.parity import load_split_images, parity_row, read_reference, write_reference
+from edgetune.benchmarks.results import make_results, markdown_report, write_results
+from edgetune.contract import read_metadata, read_split
+
+MODEL_SUFFIXES = (".tflite", ".onnx")
+E2E_IMAGES = 20
+"""Files cycled by the end-to-end row (enough to vary sizes, few enough to stay in the page cache)."""
+
+
+def find_models(targets: Sequence[Path]) -> tuple[Path | None, list[Path]]:
+    """(run dir or None, model files): a run dir contributes its export/*.tflite|.onnx."""
+    run, models = None, []
+    for t in targets:
+        t = Path(t)
+        if t.is_dir():
+            if not (t / "metadata.json").is_file():
+                raise UserError(f"{t} is not an edgetune run dir (no metadata.json)")
+            if run is not None and run != t:
+                raise UserError("give one run dir per bench (compare merges several results)")
+            run = t
+            models += sorted(p for p in (t / "export").glob("*") if p.suffix in MODEL_SUFFIXES)
+        elif t.is_file():
+            if t.suffix.lower() not in MODEL_SUFFIXES:
+                raise UserError(f"{t}: edgetune bench takes .tflite and .onnx models or a run dir")
+            models.append(t)
+        else:
+            raise UserError(f"{t} does not exist")
+    return run, models
+
+
+def labelled_images(source: Path, labels: Sequence[str]) -> list[tuple[Path, int]]:
+    """(path, class index) from class folders named like the labels, or from a 'path<TAB>label' list."""
+    from edgetune.runtime import find_images
+
+    index = {name: i for i, name in enumerate(labels)}
+    items = []
+    if source.is_file():
+        for n, line in enumerate(source.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            rel, _, label = line.partition("\t")
+            if label not in index:
+                raise UserError(f"{source}:{n}: label {label!r} is not one of the model's labels")
+            items.append((source.parent / rel, index[label]))
+    elif source.is_dir():
+        for folder in sorted(p for p in source.iterdir() if p.is_dir()):
+            if folder.name not in index:
+                raise UserError(f"{source}/{folder.name}: folder name is not one of the model's labels")
+            items += [(Path(f), index[folder.name]) for f in find_images([folder])]
+    else:
+        raise UserError(f"--images {source} does not exist")
+    if not items:
+        raise UserError(f"--images {source}: no images found")
+    return items
+
+
+def _model_record(path: Path, predictor: Any) -> dict[str, Any]:
+    preset = predictor.metadata.preset if predictor.metadata.preset not in ("", "external") else path.stem
+    return {"name": path.name, "path": str(path), "format": model_format(path), "preset": preset,
+            "size_bytes": path.stat().st_size, "input_dtype": str(predictor.input_details.dtype),
+            "input_shape": list(predictor.input_details.shape), "output_kind": predictor.metadata.output_kind}
+
+
+def run_bench(cfg: BenchConfig, write: bool = True) -> dict[str, Any]:
+    """Benchmark a run dir's exports (and/or model files): parity, latency, environment, recommendation.
+
+    Args:
+        cfg: The bench configuration.
+        write: Write the results JSON (and a .md beside it) to `cfg.out` or the default place.
+
+    Returns:
+        The results document (see `edgetune.benchmarks.results`).
+    """
+    from edgetune.benchmarks.env import fingerprint
+    from edgetune.benchmarks.keras_baseline import tensorflow_available
+    from edgetune.runtime import Predictor
+
+    cfg.validate()
+    threads = parse_threads(cfg.threads)
+    run, models = find_models(cfg.targets)
+    if not models and run is None:
+        raise UserError("no models to benchmark")
+    if run is not None and not models:
+        print(f"note: {run}/export has no .tflite/.onnx models yet (run edgetune convert); Keras rows only", file=sys.stderr)
+    device = fingerprint(cfg.device, cfg.name)
+    timing = Timing(warmup=cfg.warmup, min_runs=cfg.min_runs, min_time_s=cfg.min_time)
+    kw = dict(labels=cfg.labels, size=cfg.size, input_range=cfg.input_range)
+
+    # ---- parity (in process, CPU, all cores: accuracy does not depend on the thread count)
+    parity: list[dict[str, Any]] = []
+    records: list[dict[str, Any]] = []
+    predictors = {}
+    for m in models:
+        try:
+            predictors[m] = Predictor.from_path(m, **kw)
+        except UserError as exc:
+            raise UserError(f"{m}: {exc}") from exc
+        records.append(_model_record(m, predictors[m]))
+    items, x, ref, image = None, None, None, None
+    if run is not None:
+        meta = read_metadata(run / "metadata.json")
+        items = read_split(run, cfg.split, cfg.data_root)
+        missing = [p for p, _ in items if not p.is_file()]
+        if missing:
+            raise UserError(f"{len(missing)} test images of {run} are missing (first: {missing[0]}); "
+                            "pass --data-root where the data set is on this machine")
+        x = load_split_images(items, meta.preprocessing.size, meta.preprocessing.exif_orientation)
+        ref = _reference(run, cfg, x)
+        y = np.array([k for _, k in items])
+        if ref is not None:
+            keras_row = parity_row("keras", ref[0], y, meta.labels, ref[0], cfg.max_drop)
+            keras_row["note"] = f"reference from {ref[1].get('created', '?')}"
+            parity.append(keras_row)
+        for m, p in predictors.items():
+            parity.append(parity_row(m.name, p.predict(x), y, p.labels, None if ref is None else ref[0], cfg.max_drop))
+        image = x[0]
+    elif cfg.images is not None and predictors:
+        first = next(iter(predictors.values()))
+        items = labelled_images(cfg.images, first.labels)
+        y = np.array([k for _, k in items])
+        cache: dict[tuple, np.ndarray] = {}
+        for m, p in predictors.items():
+            key = (tuple(p.size), p.metadata.preprocessing.exif_orientation)
+            if key not in cache:
+                cache[key] = load_split_images(items, *key)
+            parity.append(parity_row(m.name, p.predict(cache[key]), y, p.labels))
+    for r in parity:
+        r["size_bytes"] = next((rec["size_bytes"] for rec in records if rec["name"] == r["name"]), None)
+    if run is not None:
+        keras_file = run / "model.keras"
+        records.insert(0, {"name": "keras", "path": str(keras_file), "format": "keras", "preset": "keras",
+                           "size_bytes": keras_file.stat().st_size if keras_file.is_file() else None,
+                           "input_dtype": "float32", "baseline": True})
+    predictors.clear()  # free the interpreters before timing
+
+    # ---- latency
+    e2e_files = [str(p) for p, _ in items[:E2E_IMAGES]] if (cfg.e2e and items) else []
+    latency: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="edgetune-bench-") as tmp:
+        img_file = None
+        if image is not None:
+            img_file = str(Path(tmp) / "image.npy")
+            np.save(img_file, image)
+        from edgetune._progress import progress_bar
+
+        jobs = [("model", m) for m in models]
+        want_keras = run is not None and cfg.keras != "off" and (cfg.keras == "on" or tensorflow_available())
+        if want_keras:
+            jobs.append(("keras", run))
+        for kind, target in progress_bar(jobs, desc="latency", unit="model"):
+            if kind == "model":
+                spec = {"kind": "model", "model": str(target), "threads": threads, "e2e_files": e2e_files,
+                        "device": cfg.device, "raw": cfg.raw, **kw}
+                rows = _run_job(spec, timing, img_file, tmp, cfg.isolate)
+            else:
+                rows = []
+                for t in threads:  # one process per thread count: TF sizes its pools once
+                    spec = {"kind": "keras", "run": str(target), "threads": [t], "device": cfg.device}
+                    rows += _run_job(spec, timing, img_file, tmp, cfg.isolate)
+            latency += rows
+    config = config_to_dict(cfg)
+    config["targets"] = [str(t) for t in cfg.targets]
+    config["threads_resolved"] = threads
+    results = make_results(device, config, records, parity, latency, run=str(run) if run else None, max_drop=cfg.max_drop)
+    if write:
+        out = cfg.out or ((run / "results" if run else Path("results")) / f"{device['name']}.json")
+        write_results(out, results)
+        Path(out).with_suffix(".md").write_text(markdown_report(results, cfg.baseline))
+        results["_path"] = str(out)
+    return results
+
+
+def _reference(run: Path, cfg: BenchConfig, x: np.ndarray) -> tuple[np.ndarray, dict] | None:
+    """The stored Keras reference; computed (and stored) when missing and TensorFlow is installed."""
+    from edgetune.benchmarks.keras_baseline import tensorflow_available
+
+    if cfg.reference == "off":
+        return None
+    if cfg.reference == "auto":
+        ref = read_reference(run, cfg.split) if cfg.data_root is None else _read_any(run, cfg.split)
+        if ref is not None:
+            return ref
+        if not tensorflow_available():
+            print(f"note: {run}/reference/ is missing and TensorFlow is not installed: accuracy without the Keras "
+                  "comparison (copy reference/ from the training machine)", file=sys.stderr)
+            return None
+    if cfg.data_root is not None:
+        raise UserError("computing the Keras reference with --data-root is not supported; compute it where the run was trained")
+    write_reference(run, cfg.split, images=x)
+    return read_reference(run, cfg.split)
+
+
+def _read_any(run: Path, split: str):
+    # With --data-root the files live elsewhere, but the relative paths recorded in the reference still match.
+    return read_reference(run, split)
+
+
+def _run_job(spec: dict[str, Any], timing: Timing, img_file: str | None, tmp: str, isolate: bool) -> list[dict[str, Any]]:
+    """Run one latency job, in a fresh Python process when `isolate`; failures become error rows."""
+    spec = {**spec, "timing": timing.__dict__, "image": img_file}
+    if not isolate:
+        from edgetune.benchmarks import _worker
+
+        spec_file = Path(tmp) / "spec.json"
+        spec_file.write_text(json.dumps(spec))
+        out_file = Path(tmp) / "rows.json"
+        _worker.main([str(spec_file), str(out_file)])
+        return json.loads(out_file.read_text())
+    spec_file = Path(tempfile.mkstemp(suffix=".json", dir=tmp)[1])
+    out_file = spec_file.with_suffix(".out.json")
+    spec_file.write_text(json.dumps(spec))
+    proc = subprocess.run([sys.executable, "-m", "edgetune.benchmarks._worker", str(spec_file), str(out_file)],
+                          capture_output=True, text=True)
+    name = Path(spec.get("model") or "model.keras").name if spec["kind"] == "model" else "keras"
+    if proc.returncode != 0 or not out_file.is_file():
+        tail = (proc.stderr or "").strip().splitlines()[-3:]
+        mode = "predictor" if spec["kind"] == "model" else "keras_predict"
+        return [LatencyRow(name=name, mode=mode, threads=t, status="error", device=spec["device"],
+                           note=f"worker exit {proc.returncode}: {' | '.join(tail)[:300]}").to_dict() for t in spec["threads"]]
+    rows = json.loads(out_file.read_text())
+    # LiteRT logs "Created TensorFlow Lite XNNPACK delegate" once per process: a fresh process per
+    # model makes that log a per-model confirmation that XNNPACK really ran.
+    xnnpack_logged = "XNNPACK delegate" in (proc.stderr or "")
+    for r in rows:
+        if r.get("format") == "tflite" and r.get("accelerator") == "XNNPACK":
+            r["accelerator_confirmed"] = xnnpack_logged
+    return rows

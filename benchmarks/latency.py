@@ -1,0 +1,246 @@
+"""Latency rows: load time, first inference, warm-up, then timed runs until a count AND a time are reached.
+
+Lean on purpose (numpy + edgetune.runtime): this is the code that runs on a Raspberry Pi. The Keras
+baseline rows live in `edgetune.benchmarks.keras_baseline`, which imports TensorFlow inside its
+functions only. Nothing here asserts a timing; rows record what was measured, and where something
+cannot run (no GPU, no CUDA provider) the row says `unavailable` instead of failing the run.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MODES = ("predictor", "raw_invoke", "e2e", "keras_predict", "keras_compiled")
+"""predictor: `Predictor.predict` on one preprocessed image (quantize + invoke + softmax);
+raw_invoke: the bare interpreter call on an already typed input; e2e: image file -> label (decode,
+resize, inference, argmax); keras_*: the TensorFlow baselines (`model.predict`, compiled call)."""
+
+
+@dataclass
+class Timing:
+    """Timed-run parameters shared by every latency row."""
+
+    warmup: int = 10
+    min_runs: int = 50
+    min_time_s: float = 1.0
+    max_runs: int = 100_000
+    """Hard cap so a microsecond-scale model cannot loop for ever."""
+
+
+@dataclass
+class LatencyRow:
+    """One latency measurement: a model (or Keras baseline) in one mode at one thread count, batch 1."""
+
+    name: str
+    """Table name, e.g. 'int8.tflite' or 'keras'."""
+    mode: str
+    threads: int | None
+    format: str = ""
+    preset: str = ""
+    model: str = ""
+    device: str = "cpu"
+    batch: int = 1
+    status: str = "ok"
+    """ok | unavailable (e.g. no GPU) | error."""
+    note: str = ""
+    size_bytes: int | None = None
+    load_s: float | None = None
+    first_ms: float | None = None
+    warmup: int = 0
+    runs: int = 0
+    time_s: float | None = None
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    mean_ms: float | None = None
+    std_ms: float | None = None
+    min_ms: float | None = None
+    throughput_ips: float | None = None
+    """Images per second at batch 1 (1000 / mean_ms)."""
+    peak_rss_mb: float | None = None
+    """Peak resident memory of the process that measured the row (one process per model by default)."""
+    backend: str = ""
+    accelerator: str = ""
+    """XNNPACK / none for LiteRT, the execution provider for ONNX Runtime, the TF device for Keras."""
+    accelerator_confirmed: bool | None = None
+    """True when the runtime itself reported it (LiteRT's 'XNNPACK delegate' log, ORT's session providers)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def summarize(samples_ms: Sequence[float]) -> dict[str, float]:
+    """p50/p90/p99/mean/std/min and throughput of per-call times in milliseconds."""
+    a = np.asarray(samples_ms, dtype=np.float64)
+    if a.size == 0:
+        return {}
+    mean = float(a.mean())
+    return {
+        "p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)), "p99_ms": float(np.percentile(a, 99)),
+        "mean_ms": mean, "std_ms": float(a.std()), "min_ms": float(a.min()),
+        "throughput_ips": 1000.0 / mean if mean > 0 else None, "runs": int(a.size), "time_s": float(a.sum() / 1000.0),
+    }
+
+
+def time_calls(fns: Sequence[Callable[[], Any]], timing: Timing) -> list[list[float]]:
+    """Warm up, then time each callable in turn until every one has `min_runs` runs and `min_time_s` passed.
+
+    Several callables are interleaved call by call (alternating which goes first), so a pair such as
+    predictor vs raw invoke sees the same thermal and scheduler conditions: on a shared or throttling
+    machine, timing them one after the other would compare two different machines.
+    """
+    for _ in range(timing.warmup):
+        for fn in fns:
+            fn()
+    samples: list[list[float]] = [[] for _ in fns]
+    perf = time.perf_counter
+    start = perf()
+    order = list(range(len(fns)))
+    n = 0
+    while n < timing.max_runs and (n < timing.min_runs or perf() - start < timing.min_time_s):
+        for i in order:
+            t0 = perf()
+            fns[i]()
+            samples[i].append((perf() - t0) * 1000.0)
+        order.reverse()
+        n += 1
+    return samples
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+def model_format(path: str | Path) -> str:
+    return Path(path).suffix.lstrip(".").lower()
+
+
+def _preset_of(predictor: Any, path: Path) -> str:
+    preset = getattr(predictor.metadata, "preset", "") or ""
+    return path.stem if preset in ("", "external") else preset
+
+
+def _accelerator(info: dict[str, Any]) -> tuple[str, bool | None]:
+    if info.get("backend") == "onnxruntime":
+        return str(info.get("provider", "")), True  # session.get_providers(): what ORT actually uses
+    return str(info.get("delegate", "")), None  # LiteRT: confirmed later from its log, where captured
+
+
+def bench_model(
+    path: str | Path,
+    threads: Sequence[int],
+    timing: Timing,
+    *,
+    image: np.ndarray | None = None,
+    e2e_files: Sequence[str | Path] = (),
+    labels: Any = None,
+    size: Any = None,
+    input_range: Any = None,
+    device: str = "cpu",
+    raw: bool = True,
+) -> list[LatencyRow]:
+    """Latency rows of one exported model, for each thread count (batch 1).
+
+    For every thread count: the model is loaded fresh (load time), one first inference is timed,
+    then `Predictor.predict` and the raw interpreter `invoke_raw` are timed interleaved. With
+    `e2e_files`, one more row at the largest thread count times image file -> label.
+
+    Args:
+        path: .tflite or .onnx model (metadata JSON beside it, or `labels`/`size` for a bare model).
+        threads: Interpreter thread counts to measure.
+        timing: Warm-up and timed-run limits.
+        image: One preprocessed float32 (H, W, 3) 0..255 image; a fixed random image when None.
+        e2e_files: Image files for the end-to-end row (cycled).
+        labels, size, input_range: Passed to `Predictor.from_path` for models without metadata.
+        device: 'cpu' or 'gpu' (ONNX Runtime's CUDA provider).
+        raw: Also time the raw interpreter invoke (the wrapper-overhead comparison).
+
+    Returns:
+        Rows; a model that cannot run on `device` gives one `unavailable` row per thread count.
+    """
+    from edgetune import UserError
+    from edgetune.runtime import Predictor, load_and_preprocess
+
+    path = Path(path)
+    base = dict(name=path.name, format=model_format(path), model=str(path), device=device,
+                size_bytes=path.stat().st_size if path.is_file() else None)
+    rows: list[LatencyRow] = []
+    last = None
+    for t in threads:
+        t0 = time.perf_counter()
+        try:
+            p = Predictor.from_path(path, labels=labels, size=size, threads=t, device=device, input_range=input_range)
+        except UserError as exc:
+            status = "unavailable" if device != "cpu" else "error"
+            rows.append(LatencyRow(mode="predictor", threads=t, status=status, note=str(exc), **base))
+            continue
+        load_s = time.perf_counter() - t0
+        info = p.backend_info()
+        accel, confirmed = _accelerator(info)
+        x = image if image is not None else _fixed_image(p.size)
+        x = np.ascontiguousarray(x[None] if x.ndim == 3 else x, dtype=np.float32)
+        t0 = time.perf_counter()
+        p.predict(x)
+        first_ms = (time.perf_counter() - t0) * 1000.0
+        xq = np.array(p.quantize(x), copy=True)  # typed input for the raw call, outside the timed region
+        fns = [lambda: p.predict(x)] + ([lambda: p.invoke_raw(xq)] if raw else [])
+        samples = time_calls(fns, timing)
+        common = dict(threads=t, preset=_preset_of(p, path), load_s=load_s, first_ms=first_ms, warmup=timing.warmup,
+                      backend=f"{info.get('package', info.get('backend'))} {info.get('version', '')}".strip(),
+                      accelerator=accel, accelerator_confirmed=confirmed, peak_rss_mb=peak_rss_mb())
+        pred = LatencyRow(mode="predictor", **common, **base, **summarize(samples[0]))
+        rows.append(pred)
+        if raw:
+            raw_row = LatencyRow(mode="raw_invoke", **common, **base, **summarize(samples[1]))
+            if raw_row.p50_ms:
+                # The wrapper's cost over the bare interpreter (target < 1.05).
+                pred.extra["predictor_over_raw_p50"] = pred.p50_ms / raw_row.p50_ms
+                pred.extra["predictor_over_raw_mean"] = pred.mean_ms / raw_row.mean_ms
+            rows.append(raw_row)
+        last = (p, common)
+    if e2e_files and last is not None:
+        p, common = last
+        rows.append(_e2e_row(p, [Path(f) for f in e2e_files], timing, common, base, load_and_preprocess))
+    return rows
+
+
+def _e2e_row(p: Any, files: list[Path], timing: Timing, common: dict, base: dict, load) -> LatencyRow:
+    """Image file -> label, decode + resize + inference + argmax, cycling over `files`."""
+    pre = p.metadata.preprocessing
+    state = {"i": 0}
+    decode_ms: list[float] = []
+
+    def one() -> str:
+        f = files[state["i"] % len(files)]
+        state["i"] += 1
+        t0 = time.perf_counter()
+        x = load(f, p.size, pre.exif_orientation)
+        decode_ms.append((time.perf_counter() - t0) * 1000.0)
+        return p.labels[int(np.argmax(p.predict(x[None])[0]))]
+
+    t0 = time.perf_counter()
+    one()
+    first_ms = (time.perf_counter() - t0) * 1000.0
+    samples = time_calls([one], timing)[0]
+    timed_decode = decode_ms[-len(samples):]
+    row = LatencyRow(mode="e2e", **{**common, "first_ms": first_ms, "peak_rss_mb": peak_rss_mb()}, **base, **summarize(samples))
+    row.extra["decode_resize_p50_ms"] = float(np.percentile(timed_decode, 50))
+    row.extra["images"] = len(files)
+    return row
+
+
+def _fixed_image(size: Sequence[int]) -> np.ndarray:
+    """A deterministic non-constant 0..255 image (latency does not depend on content for these models)."""
+    rng = np.random.default_rng(0)
+    return rng.uniform(0, 255, (int(size[0]), int(size[1]), 3)).astype(np.float32)

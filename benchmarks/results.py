@@ -1,0 +1,278 @@
+"""The versioned results JSON of `edgetune bench`, and its views: Markdown tables and the recommendation.
+
+Rows are the data (parity rows, latency rows, model records); everything printed or plotted is
+computed from them, so a results file from a Raspberry Pi can be re-rendered or merged anywhere.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from edgetune.contract import ContractError, write_json_atomic
+
+RESULTS_KIND = "edgetune-bench"
+RESULTS_SCHEMA = 1
+REQUIRED = ("kind", "schema", "created", "device", "config", "models", "parity", "latency")
+LATENCY_KEYS = ("name", "mode", "threads", "status", "p50_ms", "p99_ms")
+
+
+def make_results(device: dict[str, Any], config: dict[str, Any], models: list[dict[str, Any]],
+                 parity: list[dict[str, Any]], latency: list[dict[str, Any]], run: str | None = None,
+                 max_drop: float = 0.5) -> dict[str, Any]:
+    """Assemble one results document (with its recommendation) from rows."""
+    res = {
+        "kind": RESULTS_KIND, "schema": RESULTS_SCHEMA,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "device": device, "config": config, "run": run, "max_drop": max_drop,
+        "models": models, "parity": parity, "latency": latency,
+    }
+    res["recommendation"] = recommend(res)
+    return res
+
+
+def validate_results(d: Any, origin: str = "results") -> dict[str, Any]:
+    """Check a results document's kind, schema version and required fields.
+
+    Raises:
+        ContractError: Not an edgetune results file, an unsupported schema, or missing fields.
+    """
+    if not isinstance(d, dict) or d.get("kind") != RESULTS_KIND:
+        raise ContractError(f"{origin}: not an edgetune bench results file (kind {d.get('kind') if isinstance(d, dict) else None!r})")
+    if d.get("schema") != RESULTS_SCHEMA:
+        raise ContractError(f"{origin}: results schema {d.get('schema')!r} is not supported (this edgetune reads {RESULTS_SCHEMA})")
+    missing = [k for k in REQUIRED if k not in d]
+    if missing:
+        raise ContractError(f"{origin}: missing fields {missing}")
+    if not isinstance(d["device"], dict) or not d["device"].get("name"):
+        raise ContractError(f"{origin}: device.name is missing")
+    for i, row in enumerate(d["latency"]):
+        lost = [k for k in LATENCY_KEYS if k not in row]
+        if lost:
+            raise ContractError(f"{origin}: latency row {i} lacks {lost}")
+    return d
+
+
+def write_results(path: str | os.PathLike, results: dict[str, Any]) -> Path:
+    validate_results(results, str(path))
+    return write_json_atomic(path, results)
+
+
+def read_results(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate one results JSON."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ContractError(f"results file {p} does not exist") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ContractError(f"{p}: not readable JSON ({exc})") from exc
+    return validate_results(data, str(p))
+
+
+# ------------------------------------------------------------------ row helpers
+def row_label(row: dict[str, Any]) -> str:
+    """The name a latency row has in tables: 'int8.tflite', 'int8.tflite (raw invoke)', 'keras predict'."""
+    mode = row["mode"]
+    if mode == "keras_predict":
+        return "keras predict"
+    if mode == "keras_compiled":
+        return "keras compiled"
+    if mode == "raw_invoke":
+        return f"{row['name']} (raw invoke)"
+    if mode == "e2e":
+        return f"{row['name']} (file->label)"
+    return row["name"]
+
+
+def is_int8(model: dict[str, Any]) -> bool:
+    """Integer-quantized activations (full int8 / QDQ int8), from the preset name or the input dtype."""
+    preset = str(model.get("preset", "")).lower()
+    return any(k in preset for k in ("int8", "qdq", "uint8")) or str(model.get("input_dtype")) in ("int8", "uint8")
+
+
+def is_fp32(model: dict[str, Any]) -> bool:
+    preset = str(model.get("preset", "")).lower()
+    return any(k in preset for k in ("fp32", "float32")) and not is_int8(model)
+
+
+def max_threads(results: dict[str, Any]) -> int | None:
+    ts = [r["threads"] for r in results["latency"] if r["status"] == "ok" and r["threads"] and r["mode"] == "predictor"]
+    return max(ts) if ts else None
+
+
+def _lat(results: dict[str, Any], name: str, threads: int | None, mode: str = "predictor") -> dict[str, Any] | None:
+    for r in results["latency"]:
+        if r["name"] == name and r["mode"] == mode and r["threads"] == threads and r["status"] == "ok":
+            return r
+    return None
+
+
+def recommend(results: dict[str, Any]) -> dict[str, Any]:
+    """Smallest and fastest exported model within the accuracy budget, plus int8-slower-than-fp32 warnings.
+
+    Fastest is judged on the Predictor p50 at the largest thread count measured. Models without a
+    Keras comparison (no reference) count as candidates, and the line says accuracy was not checked.
+    """
+    threads = max_threads(results)
+    parity = {r["name"]: r for r in results.get("parity", [])}
+    out: dict[str, Any] = {"threads": threads, "smallest": None, "fastest": None, "warnings": [], "unchecked": []}
+    candidates = []
+    for m in results["models"]:
+        if m.get("format") == "keras":  # the training model is the reference, not a deployment format
+            continue
+        p = parity.get(m["name"])
+        ok = None if p is None else p.get("within_budget")
+        if ok is False:
+            continue
+        if ok is None:
+            out["unchecked"].append(m["name"])
+        candidates.append(m)
+    sized = [m for m in candidates if m.get("size_bytes")]
+    if sized:
+        out["smallest"] = min(sized, key=lambda m: m["size_bytes"])["name"]
+    timed = [(r["p50_ms"], m["name"]) for m in candidates if (r := _lat(results, m["name"], threads))]
+    if timed:
+        out["fastest"] = min(timed)[1]
+    fp32 = [m for m in results["models"] if is_fp32(m)]
+    for m in results["models"]:
+        if not is_int8(m):
+            continue
+        same = [f for f in fp32 if f.get("format") == m.get("format")] or fp32
+        for f in same[:1]:
+            for r in results["latency"]:
+                if r["name"] != m["name"] or r["mode"] != "predictor" or r["status"] != "ok":
+                    continue
+                ref = _lat(results, f["name"], r["threads"])
+                if ref and r["p50_ms"] > ref["p50_ms"]:
+                    out["warnings"].append(
+                        f"{m['name']} (int8) is slower than {f['name']} at {r['threads']} thread(s): "
+                        f"{r['p50_ms']:.2f} vs {ref['p50_ms']:.2f} ms p50")
+    budget = results.get("max_drop", 0.5)
+    dev = results["device"]["name"]
+    parts = [f"{dev}: within the {budget:g}-point accuracy budget,"]
+    parts.append(f"smallest = {out['smallest'] or 'none'},")
+    parts.append(f"fastest = {out['fastest'] or 'none'}" + (f" (p50 at {threads} threads)" if threads else ""))
+    line = " ".join(parts)
+    if out["unchecked"]:
+        line += f"; accuracy not checked against Keras for {', '.join(out['unchecked'])}"
+    out["line"] = line
+    return out
+
+
+# ------------------------------------------------------------------ Markdown views
+def _ms(v: Any) -> str:
+    """Milliseconds with three significant digits (tiny test models run in microseconds)."""
+    if v is None:
+        return "-"
+    return f"{v:.2f}" if v >= 10 else f"{v:.3g}"
+
+
+def _f(v: Any, fmt: str = ".2f", pct: bool = False) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "NO"
+    if pct:
+        return f"{v * 100:.1f}%"
+    return format(v, fmt) if isinstance(v, (int, float)) else str(v)
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def parity_table(results: dict[str, Any]) -> str:
+    """Size, accuracy, drop, agreement, |Δp| and per-class accuracy of every model, Keras first."""
+    sizes = {m["name"]: m.get("size_bytes") for m in results["models"]}
+    rows = []
+    for r in results["parity"]:
+        per_class = ", ".join(f"{k} {_f(v, pct=True)}" for k, v in (r.get("per_class_accuracy") or {}).items())
+        if len(per_class) > 60:
+            per_class = per_class[:57] + "..."
+        size = sizes.get(r["name"], r.get("size_bytes"))
+        rows.append([r["name"], _f(size / 1e6 if size else None, ".2f"), r.get("n", "-"), _f(r.get("accuracy"), pct=True),
+                     _f(r.get("drop_points"), "+.2f"), _f(r.get("agreement"), pct=True), _f(r.get("max_abs_dprob"), ".4f"),
+                     _f(r.get("mean_abs_dprob"), ".5f"), _f(r.get("within_budget")) if r["name"] != "keras" else "ref",
+                     per_class or r.get("note", "")])
+    return md_table(["model", "MB", "n", "accuracy", "drop (pts)", "agree top-1", "max abs Δp", "mean abs Δp",
+                     f"≤ {results.get('max_drop', 0.5):g} pts", "per class"], rows)
+
+
+def latency_table(results: dict[str, Any], baseline: str = "keras predict") -> str:
+    """One row per model and mode: p50/p99 per thread count, speed-up vs `baseline`, load, first, RSS."""
+    threads = sorted({r["threads"] for r in results["latency"] if r["threads"]})
+    base = {r["threads"]: r for r in results["latency"] if row_label(r) == baseline and r["status"] == "ok"}
+    by_label: dict[str, dict[int, dict]] = {}
+    for r in results["latency"]:
+        by_label.setdefault(row_label(r), {})[r["threads"]] = r
+    header = ["model"]
+    for t in threads:
+        header += [f"p50 ms @{t}t", f"p99 ms @{t}t"] + ([f"× vs {baseline} @{t}t"] if base else [])
+    header += ["load s", "first ms", "peak RSS MB", "accelerator", "note"]
+    rows = []
+    for label, by_t in by_label.items():
+        row = [label]
+        for t in threads:
+            r = by_t.get(t)
+            if r is None or r["status"] != "ok":
+                row += [r["status"] if r else "-", "-"] + (["-"] if base else [])
+                continue
+            row += [_ms(r["p50_ms"]), _ms(r["p99_ms"])]
+            if base:
+                b = base.get(t)
+                speed = b["p50_ms"] / r["p50_ms"] if b and r["p50_ms"] else None
+                row.append(_f(speed, ".2f") + ("×" if speed else ""))
+        any_r = next(iter(by_t.values()))
+        ok = [r for r in by_t.values() if r["status"] == "ok"] or [any_r]
+        r0 = ok[0]
+        accel = r0.get("accelerator") or ""
+        if accel and r0.get("accelerator_confirmed") is False:
+            accel += " (not confirmed)"
+        notes = [r0.get("note", "")]
+        ratio = r0.get("extra", {}).get("predictor_over_raw_p50")
+        if ratio:
+            notes.append(f"predictor/raw {ratio:.3f}")
+        if r0["mode"] == "e2e" and r0.get("extra", {}).get("decode_resize_p50_ms") is not None:
+            notes.append(f"decode+resize p50 {r0['extra']['decode_resize_p50_ms']:.2f} ms, {r0['threads']} threads")
+        row += [_f(r0.get("load_s"), ".3f"), _ms(r0.get("first_ms")), _f(r0.get("peak_rss_mb"), ".0f"), accel,
+                "; ".join(n for n in notes if n)]
+        rows.append(row)
+    return md_table(header, rows)
+
+
+def environment_line(device: dict[str, Any]) -> str:
+    cpu = device.get("cpu", {})
+    libs = device.get("libraries", {})
+    lib = ", ".join(f"{k} {libs[k]}" for k in ("ai-edge-litert", "onnxruntime", "tensorflow") if k in libs)
+    thermal = device.get("thermal", {})
+    extra = ""
+    if thermal.get("throttled"):
+        extra = f", throttled now={thermal['throttled']['now']}"
+    temps = thermal.get("temperature_c")
+    if temps:
+        extra += f", {max(temps.values()):.0f}°C"
+    return (f"{device.get('name')} ({device.get('kind')}): {cpu.get('model')}, {cpu.get('cores_usable')} cores, "
+            f"SIMD {'/'.join(cpu.get('simd', [])) or '-'}, {device.get('os', {}).get('distribution') or device.get('os', {}).get('system')}, "
+            f"Python {device.get('python')}, {lib}{extra}")
+
+
+def markdown_report(results: dict[str, Any], baseline: str = "keras predict") -> str:
+    """The whole results document as Markdown: environment, parity, latency, recommendation."""
+    out = [f"### {results['device']['name']}", "", environment_line(results["device"]), ""]
+    if results.get("run"):
+        out += [f"Run: `{results['run']}`", ""]
+    if results["parity"]:
+        out += ["**Parity** (test split; drop = Keras accuracy minus the model's, in points)", "", parity_table(results), ""]
+    if results["latency"]:
+        out += ["**Latency** (batch 1)", "", latency_table(results, baseline), ""]
+    rec = results.get("recommendation") or recommend(results)
+    out += [f"**Recommendation** — {rec['line']}", ""]
+    out += [f"**Warning** — {w}" for w in rec.get("warnings", [])]
+    return "\n".join(out).rstrip() + "\n"
