@@ -1,1 +1,49 @@
-"""edgetune.benchmarks"""
+"""edgetune.benchmarks: accuracy parity and latency of exported models, merged across devices.
+
+    from edgetune.benchmarks import BenchConfig, run_bench, run_compare
+    results = run_bench(BenchConfig(targets=[Path("runs/cats_vs_dogs")]))   # results JSON + Markdown
+
+Benchmarks are functions that return rows (`bench_model`, `bench_keras`, `parity_row`); the results
+JSON, the Markdown tables and the plots are views of those rows. Nothing here imports TensorFlow
+at import time: the Keras reference and baseline rows import it inside their functions, so the
+same code runs on a Raspberry Pi. Names resolve lazily (PEP 562).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "BenchConfig": "edgetune.benchmarks.config",
+    "CompareConfig": "edgetune.benchmarks.config",
+    "PipelineConfig": "edgetune.benchmarks.config",
+    "parse_threads": "edgetune.benchmarks.config",
+    "run_bench": "edgetune.benchmarks.bench",
+    "run_compare": "edgetune.benchmarks.compare",
+    "compare_report": "edgetune.benchmarks.compare",
+    "merge_rows": "edgetune.benchmarks.compare",
+    "run_pipeline": "edgetune.benchmarks.pipeline",
+    "Timing": "edgetune.benchmarks.latency",
+    "LatencyRow": "edgetune.benchmarks.latency",
+    "bench_model": "edgetune.benchmarks.latency",
+    "bench_keras": "edgetune.benchmarks.keras_baseline",
+    "parity_row": "edgetune.benchmarks.parity",
+    "within_budget": "edgetune.benchmarks.parity",
+    "write_reference": "edgetune.benchmarks.parity",
+    "save_reference": "edgetune.benchmarks.parity",
+    "read_reference": "edgetune.benchmarks.parity",
+    "read_results": "edgetune.benchmarks.results",
+    "validate_results": "edgetune.benchmarks.results",
+    "recommend": "edgetune.benchmarks.results",
+    "markdown_report": "edgetune.benchmarks.results",
+    "fingerprint": "edgetune.benchmarks.env",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'edgetune.benchmarks' has no attribute {name!r}")

@@ -202,7 +202,8 @@ def _reference(run: Path, cfg: BenchConfig, x: np.ndarray) -> tuple[np.ndarray, 
     if cfg.reference == "off":
         return None
     if cfg.reference == "auto":
-        ref = read_reference(run, cfg.split) if cfg.data_root is None else _read_any(run, cfg.split)
+        # With --data-root the files live elsewhere; the reference records paths relative to the data root.
+        ref = read_reference(run, cfg.split)
         if ref is not None:
             return ref
         if not tensorflow_available():
@@ -213,11 +214,6 @@ def _reference(run: Path, cfg: BenchConfig, x: np.ndarray) -> tuple[np.ndarray, 
         raise UserError("computing the Keras reference with --data-root is not supported; compute it where the run was trained")
     write_reference(run, cfg.split, images=x)
     return read_reference(run, cfg.split)
-
-
-def _read_any(run: Path, split: str):
-    # With --data-root the files live elsewhere, but the relative paths recorded in the reference still match.
-    return read_reference(run, split)
 
 
 def _run_job(spec: dict[str, Any], timing: Timing, img_file: str | None, tmp: str, isolate: bool) -> list[dict[str, Any]]:

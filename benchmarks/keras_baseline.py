@@ -23,7 +23,10 @@ def tensorflow_available() -> bool:
     """Whether TensorFlow and Keras are installed (checked without importing them)."""
     import importlib.util
 
-    return importlib.util.find_spec("tensorflow") is not None and importlib.util.find_spec("keras") is not None
+    try:
+        return importlib.util.find_spec("tensorflow") is not None and importlib.util.find_spec("keras") is not None
+    except (ImportError, ValueError):  # a broken or blocked install counts as absent
+        return False
 
 
 def bench_keras(run_dir: str | Path, threads: int, timing: Timing, image: np.ndarray | None = None,

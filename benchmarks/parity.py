@@ -81,7 +81,22 @@ def write_reference(run_dir: str | os.PathLike, split: str = "test", images: np.
     x = images if images is not None else load_split_images(items, meta.preprocessing.size, meta.preprocessing.exif_orientation)
     model = deployment_model(load_model(run / "model.keras"))
     logits = np.concatenate([np.asarray(model(x[i:i + batch_size], training=False)) for i in range(0, len(x), batch_size)])
-    probs = logits_to_probs(logits, meta.output_kind)
+    return save_reference(run, logits_to_probs(logits, meta.output_kind), split)
+
+
+def save_reference(run_dir: str | os.PathLike, probs: np.ndarray, split: str = "test", model_file: str = "model.keras") -> Path:
+    """Store reference probabilities (N, classes), row-aligned with the split file, with their description.
+
+    `write_reference` calls this with the Keras model's outputs; the .npy is renamed into place only
+    when complete, and the JSON records the files, the targets and the model's sha256 so that a stale
+    reference (another model, other files) is refused on reading.
+    """
+    run = Path(run_dir)
+    meta = read_metadata(run / "metadata.json")
+    items = read_split(run, split)
+    probs = np.asarray(probs, np.float32)
+    if probs.shape != (len(items), meta.num_classes):
+        raise ValueError(f"reference shape {probs.shape} != ({len(items)}, {meta.num_classes}) for {run}/splits/{split}.txt")
     y = np.array([label for _, label in items])
     npy, js = reference_paths(run, split)
     npy.parent.mkdir(parents=True, exist_ok=True)
@@ -92,11 +107,12 @@ def write_reference(run_dir: str | os.PathLike, split: str = "test", images: np.
         os.replace(tmp, npy)
     finally:
         Path(tmp).unlink(missing_ok=True)
+    model_path = run / model_file
     write_json_atomic(js, {
         "schema": REFERENCE_SCHEMA,
         "split": split,
-        "model": "model.keras",
-        "model_sha256": sha256_file(run / "model.keras"),
+        "model": model_file,
+        "model_sha256": sha256_file(model_path) if model_path.is_file() else None,
         "labels": meta.labels,
         "output_kind": meta.output_kind,
         "files": [_rel(p, meta.source.get("data_root")) for p, _ in items],
@@ -162,8 +178,8 @@ def parity_row(name: str, probs: np.ndarray, targets: np.ndarray, labels: Sequen
         raise ValueError(f"{name}: {probs.shape[0]} predictions for {y.shape[0]} targets")
     pred = probs.argmax(1)
     row: dict[str, Any] = {"name": name, "status": "ok", "n": int(len(y)), "accuracy": float((pred == y).mean()) if len(y) else None}
-    row["per_class_accuracy"] = {
-        label: (float((pred[y == k] == k).mean()) if (y == k).any() else None) for k, label in enumerate(labels)}
+    # Only classes present in the targets (an ImageNet model has 1001 labels and a handful of test images).
+    row["per_class_accuracy"] = {label: float((pred[y == k] == k).mean()) for k, label in enumerate(labels) if (y == k).any()}
     if reference is not None:
         ref = np.asarray(reference, np.float64)
         if ref.shape != probs.shape:

@@ -236,9 +236,10 @@ def latency_table(results: dict[str, Any], baseline: str = "keras predict") -> s
         if accel and r0.get("accelerator_confirmed") is False:
             accel += " (not confirmed)"
         notes = [r0.get("note", "")]
-        ratio = r0.get("extra", {}).get("predictor_over_raw_p50")
-        if ratio:
-            notes.append(f"predictor/raw {ratio:.3f}")
+        ratios = [f"{r['extra']['predictor_over_raw_p50']:.3f} @{t}t" for t, r in sorted(by_t.items(), key=lambda kv: kv[0] or 0)
+                  if r.get("extra", {}).get("predictor_over_raw_p50")]
+        if ratios:
+            notes.append("predictor/raw p50 " + ", ".join(ratios))
         if r0["mode"] == "e2e" and r0.get("extra", {}).get("decode_resize_p50_ms") is not None:
             notes.append(f"decode+resize p50 {r0['extra']['decode_resize_p50_ms']:.2f} ms, {r0['threads']} threads")
         row += [_f(r0.get("load_s"), ".3f"), _ms(r0.get("first_ms")), _f(r0.get("peak_rss_mb"), ".0f"), accel,
@@ -269,7 +270,8 @@ def markdown_report(results: dict[str, Any], baseline: str = "keras predict") ->
     if results.get("run"):
         out += [f"Run: `{results['run']}`", ""]
     if results["parity"]:
-        out += ["**Parity** (test split; drop = Keras accuracy minus the model's, in points)", "", parity_table(results), ""]
+        what = "test split" if results.get("run") else "given labelled images"
+        out += [f"**Parity** ({what}; drop = Keras accuracy minus the model's, in points)", "", parity_table(results), ""]
     if results["latency"]:
         out += ["**Latency** (batch 1)", "", latency_table(results, baseline), ""]
     rec = results.get("recommendation") or recommend(results)
