@@ -151,7 +151,7 @@ def recommend(results: dict[str, Any]) -> dict[str, Any]:
                 if ref and r["p50_ms"] > ref["p50_ms"]:
                     out["warnings"].append(
                         f"{m['name']} (int8) is slower than {f['name']} at {r['threads']} thread(s): "
-                        f"{r['p50_ms']:.2f} vs {ref['p50_ms']:.2f} ms p50")
+                        f"{_ms(r['p50_ms'])} vs {_ms(ref['p50_ms'])} ms p50")
     budget = results.get("max_drop", 0.5)
     dev = results["device"]["name"]
     parts = [f"{dev}: within the {budget:g}-point accuracy budget,"]
