@@ -13,7 +13,6 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import numpy as np
 from edgetune import UserError
 from edgetune._config import config_to_dict
 from edgetune.benchmarks.config import BenchConfig, parse_threads
-from edgetune.benchmarks.latency import LatencyRow, Timing, bench_model, model_format
+from edgetune.benchmarks.latency import LatencyRow, Timing, model_format
 from edgetune.benchmarks.parity import load_split_images, parity_row, read_reference, write_reference
 from edgetune.benchmarks.results import make_results, markdown_report, write_results
 from edgetune.contract import read_metadata, read_split

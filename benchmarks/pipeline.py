@@ -139,10 +139,11 @@ def run_pipeline(cfg: PipelineConfig) -> Path:
         raise UserError(f"convert produced no models in {out / 'export'}")
 
     # 3 + 4. Keras reference, parity and latency on this machine (bench writes the reference)
-    _log(f"bench: {len(existing)} models, threads {q.get('threads', cfg.threads)}")
-    bc = BenchConfig(targets=[out], threads=q.get("threads", cfg.threads), min_runs=q.get("min_runs", cfg.min_runs),
-                     min_time=q.get("min_time", cfg.min_time), max_drop=cfg.max_drop, device=cfg.device,
-                     reference="auto")
+    full = BenchConfig(targets=[out])
+    pick = lambda name: getattr(cfg, name) if getattr(cfg, name) is not None else q.get(name, getattr(full, name))  # noqa: E731
+    bc = BenchConfig(targets=[out], threads=pick("threads"), min_runs=pick("min_runs"), min_time=pick("min_time"),
+                     max_drop=cfg.max_drop, device=cfg.device, reference="auto")
+    _log(f"bench: {len(existing)} models, threads {bc.threads}")
     results = run_bench(bc)
 
     # 5. report
