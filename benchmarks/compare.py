@@ -109,7 +109,10 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pts = [r for r in rows if r["status"] == "ok" and r["mode"] == "predictor" and r["p50_ms"] and r["accuracy"] is not None]
+    from matplotlib.ticker import ScalarFormatter
+
+    pts = [r for r in rows if r["status"] == "ok" and r["mode"] in ("predictor", "keras_predict") and r["p50_ms"]
+           and r["accuracy"] is not None]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     devices = list(dict.fromkeys(r["device"] for r in rows))
     sizes = [r["size_bytes"] or 0 for r in pts]
@@ -120,16 +123,21 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], path: Path) -> Path:
             continue
         ax.scatter([r["p50_ms"] for r in mine], [r["accuracy"] * 100 for r in mine],
                    s=[40 + 600 * (r["size_bytes"] or 0) / biggest for r in mine], alpha=0.6, label=dev, color=f"C{k}")
-        for r in mine:
+        for i, r in enumerate(sorted(mine, key=lambda r: r["p50_ms"])):
             mb = f"{r['size_bytes'] / 1e6:.1f} MB" if r["size_bytes"] else ""
-            ax.annotate(f"{r['name']} {mb}", (r["p50_ms"], r["accuracy"] * 100), fontsize=7,
-                        xytext=(4, 4), textcoords="offset points")
+            # Staggered offsets: formats with equal accuracy and close latency would print over each other.
+            ax.annotate(f"{r['label']} {mb}", (r["p50_ms"], r["accuracy"] * 100), fontsize=7,
+                        xytext=(6, 6 + 9 * (i % 3)), textcoords="offset points")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(ScalarFormatter())
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.margins(x=0.15, y=0.25)
     ax.set_xlabel("p50 latency, ms (log)")
     ax.set_ylabel("test accuracy, %")
     ax.set_title("Accuracy vs latency (marker area = file size)")
     if pts:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, markerscale=0.4)
     else:
         ax.text(0.5, 0.5, "no accuracy data (no run dir / labelled images)", ha="center", transform=ax.transAxes)
     fig.tight_layout()
