@@ -182,6 +182,10 @@ def run_bench(cfg: BenchConfig, write: bool = True) -> dict[str, Any]:
                     spec = {"kind": "keras", "run": str(target), "threads": [t], "device": cfg.device}
                     rows += _run_job(spec, timing, img_file, tmp, cfg.isolate)
             latency += rows
+    # Temperature and throttling after the timed runs too: a Pi that heated up during the run says so.
+    from edgetune.benchmarks.env import thermal_state
+
+    device["thermal_after"] = thermal_state()
     config = config_to_dict(cfg)
     config["targets"] = [str(t) for t in cfg.targets]
     config["threads_resolved"] = threads

@@ -88,6 +88,27 @@ def _known_presets() -> set[str]:
         return set()
 
 
+def _data(cfg: PipelineConfig, out: Path) -> Path:
+    """The data folder: --data, else the tutorial's cats-vs-dogs from the cache (downloaded when missing)."""
+    if cfg.data is not None:
+        data = Path(cfg.data)
+    else:
+        from edgetune.train.datasets import fetch
+
+        _log("data: the tutorial's cats-vs-dogs (cache, or download)")
+        try:
+            data = fetch("cats-vs-dogs")
+        except UserError as exc:
+            raise UserError(f"{exc}. For the pipeline: pass --data DIR, or seed the cache once with "
+                            "`edgetune data fetch cats-vs-dogs --from PATH`") from exc
+    if not data.is_dir():
+        raise UserError(f"--data {data} is not a folder")
+    if cfg.quick:
+        data = quick_subset(data, out.with_name(out.name + ".quick-data"), cfg.quick_images)
+        _log(f"--quick: {cfg.quick_images} images per class and split folder in {data}")
+    return data
+
+
 def run_pipeline(cfg: PipelineConfig) -> Path:
     """Run every stage into `cfg.out`; returns the path of report.md.
 
@@ -98,30 +119,21 @@ def run_pipeline(cfg: PipelineConfig) -> Path:
     from edgetune.benchmarks.compare import compare_report
 
     out = Path(cfg.out)
-    data = Path(cfg.data) if cfg.data else None
-    if data is None:
-        from edgetune.train.datasets import fetch
-
-        _log("data: the tutorial's cats-vs-dogs (cache, or download)")
-        data = fetch("cats-vs-dogs")
-    if not data.is_dir():
-        raise UserError(f"--data {data} is not a folder")
     q = QUICK if cfg.quick else {}
-    if cfg.quick:
-        data = quick_subset(data, out.with_name(out.name + ".quick-data"), cfg.quick_images)
-        _log(f"--quick: {cfg.quick_images} images per class and split folder in {data}")
 
-    # 1. train
+    # 1. train (the data is only needed when training runs)
     if cfg.resume and (out / "metadata.json").is_file() and (out / "model.keras").is_file():
         _log(f"train: {out} is complete, reused (--no-resume to retrain)")
     else:
         from edgetune.train import TrainConfig, train_run
 
+        data = _data(cfg, out)
         tc = TrainConfig(data=data, out=out, weights=cfg.weights, seed=cfg.seed,
                          image_size=cfg.image_size or q.get("image_size", 160),
                          epochs=cfg.epochs or q.get("epochs", 10),
                          fine_tune_epochs=cfg.fine_tune_epochs if cfg.fine_tune_epochs is not None else q.get("fine_tune_epochs", 10),
-                         force=not cfg.resume and out.exists(), verbose=2 if cfg.quick else 1)
+                         resume=cfg.resume and out.exists(), force=not cfg.resume and out.exists(),
+                         verbose=2 if cfg.quick else 1)
         if cfg.quick:
             tc.batch_size = 16
         _log(f"train: {tc.epochs}+{tc.fine_tune_epochs} epochs at {tc.image_size} px -> {out}")
