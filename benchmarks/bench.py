@@ -49,6 +49,10 @@ def find_models(targets: Sequence[Path]) -> tuple[Path | None, list[Path]]:
             models.append(t)
         else:
             raise UserError(f"{t} does not exist")
+    names = [m.name for m in models]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise UserError(f"several models are named {dupes}: rows are keyed by file name, rename or bench them separately")
     return run, models
 
 

@@ -164,6 +164,30 @@ def recommend(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def key_ratios(results: dict[str, Any]) -> list[str]:
+    """Keras predict over each int8 model (the speed-up that matters), and the Predictor over raw invoke()."""
+    lines = []
+    threads = sorted({r["threads"] for r in results["latency"] if r["threads"] and r["status"] == "ok"})
+    int8 = [m["name"] for m in results["models"] if is_int8(m) and m.get("format") != "keras"]
+    for name in int8:
+        parts = []
+        for t in threads:
+            k, m = _lat(results, "keras", t, "keras_predict"), _lat(results, name, t)
+            if k and m:
+                parts.append(f"{k['p50_ms'] / m['p50_ms']:.1f}× @{t}t")
+        if parts:
+            lines.append(f"keras predict / {name}: " + ", ".join(parts))
+    wrapper = [(r["extra"]["predictor_over_raw_p50"], r["name"], r["threads"]) for r in results["latency"]
+               if r["mode"] == "predictor" and r["status"] == "ok" and r.get("extra", {}).get("predictor_over_raw_p50")]
+    if wrapper:
+        worst = max(wrapper)
+        median = sorted(w[0] for w in wrapper)[len(wrapper) // 2]
+        flag = "within" if worst[0] < 1.05 else "above"
+        lines.append(f"Predictor / raw invoke(): median {median:.3f}, worst {worst[0]:.3f} ({worst[1]} @{worst[2]}t), "
+                     f"{flag} the 1.05 target")
+    return lines
+
+
 # ------------------------------------------------------------------ Markdown views
 def _ms(v: Any) -> str:
     """Milliseconds with three significant digits (tiny test models run in microseconds)."""
@@ -274,6 +298,9 @@ def markdown_report(results: dict[str, Any], baseline: str = "keras predict") ->
         out += [f"**Parity** ({what}; drop = Keras accuracy minus the model's, in points)", "", parity_table(results), ""]
     if results["latency"]:
         out += ["**Latency** (batch 1)", "", latency_table(results, baseline), ""]
+    ratios = key_ratios(results)
+    if ratios:
+        out += ["**Key ratios** (p50)", ""] + [f"- {r}" for r in ratios] + [""]
     rec = results.get("recommendation") or recommend(results)
     out += [f"**Recommendation** — {rec['line']}", ""]
     out += [f"**Warning** — {w}" for w in rec.get("warnings", [])]

@@ -253,3 +253,34 @@ def test_bench_third_party_tflite(shared_assets: Path, tmp_path: Path):
     acc = {r["name"]: r["accuracy"] for r in res["parity"]}
     assert acc["tf2_mobilenet_v2_1.0_224_ptq.tflite"] >= 0.5
     assert json.loads(out.read_text())["recommendation"]["fastest"] in acc
+
+
+def _lat_row(name, mode, threads, p50, fmt="tflite", ratio=None):
+    r = {"name": name, "mode": mode, "threads": threads, "status": "ok", "p50_ms": p50, "p99_ms": p50 * 1.5,
+         "format": fmt, "extra": {}}
+    if ratio:
+        r["extra"]["predictor_over_raw_p50"] = ratio
+    return r
+
+
+def test_recommendation_and_key_ratios_from_rows():
+    from edgetune.benchmarks.results import key_ratios, make_results
+
+    models = [{"name": "keras", "format": "keras", "preset": "keras", "size_bytes": 17_000_000},
+              {"name": "fp32.tflite", "format": "tflite", "preset": "fp32", "size_bytes": 9_000_000},
+              {"name": "int8.tflite", "format": "tflite", "preset": "int8", "size_bytes": 2_700_000, "input_dtype": "int8"},
+              {"name": "dynamic.tflite", "format": "tflite", "preset": "dynamic", "size_bytes": 2_500_000}]
+    parity = [{"name": "keras", "within_budget": True}, {"name": "fp32.tflite", "within_budget": True},
+              {"name": "int8.tflite", "within_budget": True}, {"name": "dynamic.tflite", "within_budget": False}]
+    latency = [_lat_row("keras", "keras_predict", 2, 100.0, "keras"), _lat_row("fp32.tflite", "predictor", 2, 3.0, ratio=1.02),
+               _lat_row("int8.tflite", "predictor", 2, 2.0, ratio=1.10), _lat_row("dynamic.tflite", "predictor", 2, 1.0)]
+    res = make_results({"name": "dev"}, {}, models, parity, latency)
+    rec = res["recommendation"]
+    assert rec["smallest"] == "int8.tflite"  # dynamic is smaller but outside the budget; keras is not a format
+    assert rec["fastest"] == "int8.tflite" and rec["warnings"] == []
+    ratios = key_ratios(res)
+    assert ratios[0] == "keras predict / int8.tflite: 50.0× @2t"
+    assert "worst 1.100 (int8.tflite @2t), above the 1.05 target" in ratios[1]
+    latency[2]["p50_ms"] = 4.0  # int8 now slower than fp32: warned, and no longer the fastest
+    rec = make_results({"name": "dev"}, {}, models, parity, latency)["recommendation"]
+    assert rec["fastest"] == "fp32.tflite" and len(rec["warnings"]) == 1
