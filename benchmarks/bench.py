@@ -140,7 +140,7 @@ def run_bench(cfg: BenchConfig, write: bool = True) -> dict[str, Any]:
             keras_row["note"] = f"reference from {ref[1].get('created', '?')}"
             parity.append(keras_row)
         for m, p in predictors.items():
-            parity.append(parity_row(m.name, p.predict(x), y, p.labels, None if ref is None else ref[0], cfg.max_drop))
+            parity.append(_parity_or_error(m, lambda p=p: p.predict(x), y, p.labels, None if ref is None else ref[0], cfg.max_drop))
         image = x[0]
     elif cfg.images is not None and predictors:
         first = next(iter(predictors.values()))
@@ -151,7 +151,7 @@ def run_bench(cfg: BenchConfig, write: bool = True) -> dict[str, Any]:
             key = (tuple(p.size), p.metadata.preprocessing.exif_orientation)
             if key not in cache:
                 cache[key] = load_split_images(items, *key)
-            parity.append(parity_row(m.name, p.predict(cache[key]), y, p.labels))
+            parity.append(_parity_or_error(m, lambda p=p, k=key: p.predict(cache[k]), y, p.labels, None, cfg.max_drop))
     for r in parity:
         r["size_bytes"] = next((rec["size_bytes"] for rec in records if rec["name"] == r["name"]), None)
     if run is not None:
@@ -172,7 +172,8 @@ def run_bench(cfg: BenchConfig, write: bool = True) -> dict[str, Any]:
         from edgetune._progress import progress_bar
 
         jobs = [("model", m) for m in models]
-        want_keras = run is not None and cfg.keras != "off" and (cfg.keras == "on" or tensorflow_available())
+        want_keras = run is not None and cfg.keras != "off" and (
+            cfg.keras == "on" or (tensorflow_available() and (run / "model.keras").is_file()))
         if want_keras:
             jobs.append(("keras", run))
         for kind, target in progress_bar(jobs, desc="latency", unit="model"):
@@ -200,6 +201,15 @@ def run_bench(cfg: BenchConfig, write: bool = True) -> dict[str, Any]:
         Path(out).with_suffix(".md").write_text(markdown_report(results, cfg.baseline))
         results["_path"] = str(out)
     return results
+
+
+def _parity_or_error(model: Path, predict, y: np.ndarray, labels, reference, max_drop: float) -> dict[str, Any]:
+    """One parity row; a model that cannot run on the data gives an error row instead of ending the bench."""
+    try:
+        return parity_row(model.name, predict(), y, labels, reference, max_drop)
+    except (ValueError, RuntimeError, UserError) as exc:
+        return {"name": model.name, "status": "error", "note": str(exc).splitlines()[0][:300], "n": int(len(y)),
+                "accuracy": None, "within_budget": False}
 
 
 def _reference(run: Path, cfg: BenchConfig, x: np.ndarray) -> tuple[np.ndarray, dict] | None:
