@@ -18,6 +18,7 @@ from edgetune.contract import ContractError
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("edgetune.train._data_cli", "fetch, split and check image-folder data sets"),
     "train": ("edgetune.train._cli", "two-stage MobileNetV2 fine-tuning into a run dir"),
+    "convert": ("edgetune.convert._cli", "export a run to TFLite/ONNX presets, each verified against Keras"),
     "predict": ("edgetune.runtime._cli", "classify images with an exported .tflite/.onnx model (no TensorFlow)"),
     "bench": ("edgetune.benchmarks._cli", "parity vs Keras and latency of exported models, one versioned results JSON"),
     "compare": ("edgetune.benchmarks._compare_cli", "merge bench results of several devices: table, plots, recommendation"),

@@ -1,0 +1,155 @@
+"""Quantization-aware training and pruning with tensorflow-model-optimization, in its own process.
+
+    TF_USE_LEGACY_KERAS=1 python -m edgetune.convert._tfmot_worker JOB.json
+
+tfmot only works on tf_keras (Keras 2) models and switches `tf.keras` to the legacy package for the
+whole process, so it never runs inside the Keras 3 process that called it. It also refuses a model
+nested in a model and the Rescaling layer: the worker rebuilds the trained network as one flat
+tf_keras graph (`MobileNetV2(input_tensor=...)`), copies the weights layer by layer by name, checks
+the rebuild against the Keras 3 logits, and leaves the preprocessing layer unannotated.
+
+JOB.json: {"spec": {...}, "weights": npz, "train_x": npy, "train_y": npy, "calibration": npy,
+"check_x": npy, "check_logits": npy, "outputs": {"qat_int8"|"pruned_dynamic"|"pruned_int8": path},
+"qat_epochs", "qat_learning_rate", "sparsity", "prune_epochs", "report": path}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tf_keras as tfk  # noqa: E402
+import tensorflow_model_optimization as tfmot  # noqa: E402
+
+
+def build_flat(spec: dict) -> tfk.Model:
+    h, w = spec["image_size"]
+    inputs = tfk.Input((h, w, 3), name="image")
+    x = tfk.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")(inputs)
+    base = tfk.applications.MobileNetV2(input_tensor=x, include_top=False, weights=None, alpha=spec["alpha"])
+    y = tfk.layers.GlobalAveragePooling2D(name="pooling")(base.output)
+    y = tfk.layers.Dropout(spec["dropout"], name="dropout")(y)
+    outputs = tfk.layers.Dense(spec["units"], name="logits")(y)
+    return tfk.Model(inputs, outputs, name="edgetune_flat")
+
+
+def load_weights(model: tfk.Model, weights: dict) -> None:
+    loaded = 0
+    for layer in model.layers:
+        arrays = [weights[f"{layer.name}/{i}"] for i in range(len(layer.weights)) if f"{layer.name}/{i}" in weights]
+        if layer.weights:
+            if len(arrays) != len(layer.weights):
+                raise RuntimeError(f"no weights for layer {layer.name} in the exported model")
+            layer.set_weights(arrays)
+            loaded += 1
+    if loaded == 0:
+        raise RuntimeError("no layer weights matched")
+
+
+def freeze_batchnorm(model: tfk.Model) -> None:
+    for layer in model.layers:
+        if isinstance(layer, tfk.layers.BatchNormalization):
+            layer.trainable = False  # inference mode, as in training (statistics never move)
+
+
+def compile_for(model: tfk.Model, spec: dict, lr: float) -> None:
+    if spec["units"] == 1:
+        loss, metric = tfk.losses.BinaryCrossentropy(from_logits=True), tfk.metrics.BinaryAccuracy(threshold=0.0, name="accuracy")
+    else:
+        loss, metric = tfk.losses.SparseCategoricalCrossentropy(from_logits=True), tfk.metrics.SparseCategoricalAccuracy(name="accuracy")
+    model.compile(optimizer=tfk.optimizers.RMSprop(lr), loss=loss, metrics=[metric])
+
+
+def to_tflite(model: tfk.Model, calibration: np.ndarray | None, full_integer: bool) -> bytes:
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if full_integer:
+        def gen():
+            for img in calibration:
+                yield [img[None].astype(np.float32)]
+
+        converter.representative_dataset = gen
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    return converter.convert()
+
+
+def qat(job: dict, float_model: tfk.Model, x, y, calibration) -> dict:
+    def annotate(layer):
+        if isinstance(layer, (tfk.layers.InputLayer, tfk.layers.Rescaling)):
+            return layer  # preprocessing stays float: tfmot has no quantize config for Rescaling
+        return tfmot.quantization.keras.quantize_annotate_layer(layer)
+
+    annotated = tfk.models.clone_model(float_model, clone_function=annotate)
+    with tfmot.quantization.keras.quantize_scope():
+        model = tfmot.quantization.keras.quantize_apply(annotated)
+    freeze_batchnorm(model)
+    compile_for(model, job["spec"], job["qat_learning_rate"])
+    t0 = time.perf_counter()
+    hist = model.fit(x, y, batch_size=32, epochs=job["qat_epochs"], shuffle=True, verbose=2)
+    seconds = time.perf_counter() - t0
+    data = to_tflite(model, calibration, full_integer=True)
+    with open(job["outputs"]["qat_int8"], "wb") as f:
+        f.write(data)
+    return {"qat_seconds": round(seconds, 1), "qat_history": {k: [float(v) for v in vs] for k, vs in hist.history.items()}}
+
+
+def prune(job: dict, float_model: tfk.Model, x, y, calibration) -> dict:
+    steps = int(np.ceil(len(x) / 32)) * job["prune_epochs"]
+    schedule = tfmot.sparsity.keras.ConstantSparsity(job["sparsity"], begin_step=0, frequency=1)  # frequency 1: short runs
+
+    def wrap(layer):
+        # Pointwise convolutions and the classifier hold almost all weights; depthwise kernels are tiny and fragile.
+        if type(layer) in (tfk.layers.Conv2D, tfk.layers.Dense):
+            return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule)
+        return layer
+
+    model = tfk.models.clone_model(float_model, clone_function=wrap)
+    freeze_batchnorm(model)
+    compile_for(model, job["spec"], job["qat_learning_rate"])
+    t0 = time.perf_counter()
+    model.fit(x, y, batch_size=32, epochs=job["prune_epochs"], shuffle=True, verbose=2,
+              callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+    stripped = tfmot.sparsity.keras.strip_pruning(model)
+    kernels = [l.kernel.numpy() for l in stripped.layers if type(l) in (tfk.layers.Conv2D, tfk.layers.Dense)]
+    sparsity = float(sum((k == 0).sum() for k in kernels) / sum(k.size for k in kernels))
+    report = {"prune_seconds": round(time.perf_counter() - t0, 1), "prune_steps": steps, "sparsity": round(sparsity, 4)}
+    for kind, full_integer in (("pruned_dynamic", False), ("pruned_int8", True)):
+        if kind in job["outputs"]:
+            with open(job["outputs"][kind], "wb") as f:
+                f.write(to_tflite(stripped, calibration, full_integer))
+    return report
+
+
+def main(job_path: str) -> int:
+    job = json.loads(open(job_path).read())
+    spec = job["spec"]
+    weights = dict(np.load(job["weights"]))
+    float_model = build_flat(spec)
+    load_weights(float_model, weights)
+    freeze_batchnorm(float_model)
+    got = float_model.predict(np.load(job["check_x"]), verbose=0)
+    diff = float(np.abs(got - np.load(job["check_logits"])).max())
+    if diff > 1e-3:
+        raise RuntimeError(f"the flat tf_keras rebuild differs from the Keras 3 model by {diff:.2e}")
+    x, y = np.load(job["train_x"], mmap_mode="r"), np.load(job["train_y"])
+    calibration = np.load(job["calibration"])
+    report: dict = {"rebuild_max_abs_diff": diff}
+    if "qat_int8" in job["outputs"]:
+        report |= qat(job, float_model, np.asarray(x), y, calibration)
+    if any(k.startswith("pruned") for k in job["outputs"]):
+        float_model = build_flat(spec)  # pruning starts again from the trained float weights
+        load_weights(float_model, weights)
+        report |= prune(job, float_model, np.asarray(x), y, calibration)
+    with open(job["report"], "w") as f:
+        json.dump(report, f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

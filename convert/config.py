@@ -1,0 +1,42 @@
+"""ConvertConfig: one field (and flag) per knob of `edgetune convert`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgetune import UserError
+from edgetune._config import opt
+
+
+@dataclass
+class ConvertConfig:
+    """Export a trained run (or a .keras file with metadata.json beside it) to TFLite and ONNX presets."""
+
+    run: Path | None = opt("run dir of `edgetune train` (or a model.keras with metadata.json beside it)", None, cli=False)
+    preset: str = opt("comma-separated preset names, or all (see --list)", "all")
+    calibration_images: int = opt("training images used to calibrate int8 ranges (seeded sample of the train split)", 200)
+    qat_epochs: int = opt("quantization-aware fine-tuning epochs (tflite_qat_int8)", 1)
+    qat_learning_rate: float = opt("learning rate of the quantization-aware fine-tune (RMSprop)", 1e-5)
+    qat_images: int = opt("training images used by QAT and pruning fine-tunes (0: the whole train split)", 0)
+    sparsity: float = opt("target weight sparsity of the pruned presets", 0.5)
+    prune_epochs: int = opt("fine-tuning epochs while pruning", 1)
+    int8_floor: float = opt("minimum top-1 agreement with Keras for integer presets", 0.98)
+    float_floor: float = opt("minimum top-1 agreement with Keras for float presets", 0.995)
+    parity_images: int = opt("test-split images used for the parity check (0: all)", 0)
+    seed: int = opt("seed of the calibration sample", 0)
+
+    def validate(self) -> None:
+        checks = [
+            (self.calibration_images >= 1, f"--calibration-images must be >= 1, got {self.calibration_images}"),
+            (self.qat_epochs >= 1, f"--qat-epochs must be >= 1, got {self.qat_epochs}"),
+            (self.qat_learning_rate > 0, f"--qat-learning-rate must be > 0, got {self.qat_learning_rate}"),
+            (self.qat_images >= 0, f"--qat-images must be >= 0, got {self.qat_images}"),
+            (0 < self.sparsity < 1, f"--sparsity must be in (0, 1), got {self.sparsity}"),
+            (self.prune_epochs >= 1, f"--prune-epochs must be >= 1, got {self.prune_epochs}"),
+            (0 <= self.int8_floor <= 1 and 0 <= self.float_floor <= 1, "agreement floors must be in [0, 1]"),
+            (self.parity_images >= 0, f"--parity-images must be >= 0, got {self.parity_images}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
