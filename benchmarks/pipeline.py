@@ -16,8 +16,8 @@ from edgetune import UserError
 from edgetune.benchmarks.config import BenchConfig, PipelineConfig
 
 QUICK = {"image_size": 96, "epochs": 1, "fine_tune_epochs": 1, "threads": "1,all", "min_runs": 20, "min_time": 0.3}
-QUICK_PRESETS = ("fp32", "int8", "onnx_fp32")
-"""Preset subset of --quick (those the convert stage offers; the rest are skipped)."""
+QUICK_PRESETS = ("tflite_fp32", "tflite_int8", "onnx_fp32")
+"""Preset subset of --quick: the float reference, the int8 edge model and ONNX (no tfmot fine-tunes)."""
 TRAINING_PLOTS = ("learning_curves.png", "confusion_matrix.png", "sample_predictions.png")
 
 
@@ -52,40 +52,20 @@ def quick_subset(data: Path, dest: Path, per_class: int) -> Path:
 
 
 def _convert(run: Path, presets: list[str] | None, quick: bool) -> list[Path]:
-    """Export the run through the convert stage's API; returns the model files of run/export."""
-    try:
-        from edgetune.convert import ConvertConfig, convert_run
-    except ImportError as exc:
-        raise UserError(f"the convert stage is not available ({exc}); run edgetune convert first, then edgetune bench") from exc
-    import dataclasses
+    """Export the run through the convert stage's API; returns the model files placed in run/export.
 
-    fields = {f.name for f in dataclasses.fields(ConvertConfig)}
-    kw: dict[str, Any] = {}
-    if "run" in fields:
-        kw["run"] = run
-    elif "run_dir" in fields:
-        kw["run_dir"] = run
-    if presets is None and quick:
-        known = _known_presets()
-        presets = [p for p in QUICK_PRESETS if not known or p in known] or None
-    if "preset" in fields:
-        kw["preset"] = ",".join(presets) if presets else "all"
-    elif "presets" in fields:
-        kw["presets"] = ",".join(presets) if presets else "all"
-    if quick and "calibration_images" in fields:
-        kw["calibration_images"] = 16
-    convert_run(ConvertConfig(**kw))
+    A preset that fails its own parity floor is moved aside by convert (export/failed/) and is not
+    benchmarked; the convert summary says why.
+    """
+    from edgetune.convert import ConvertConfig, convert_run, summary_table
+
+    spec = ",".join(presets) if presets else (",".join(QUICK_PRESETS) if quick else "all")
+    cc = ConvertConfig(run=run, preset=spec)
+    if quick:
+        cc.calibration_images = 32
+    rows = convert_run(cc)
+    print(summary_table(rows), file=sys.stderr)
     return sorted(p for p in (run / "export").glob("*") if p.suffix in (".tflite", ".onnx"))
-
-
-def _known_presets() -> set[str]:
-    try:
-        import edgetune.convert as conv
-
-        presets = getattr(conv, "PRESETS", None)
-        return set(presets) if presets else set()
-    except ImportError:
-        return set()
 
 
 def _data(cfg: PipelineConfig, out: Path) -> Path:

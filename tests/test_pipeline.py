@@ -5,19 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from conftest import make_image_tree, pretrained_weights_or_none
 from edgetune.benchmarks.pipeline import quick_subset
 from edgetune.cli import main
-
-
-def _convert_ready() -> bool:
-    try:
-        from edgetune.convert import ConvertConfig, convert_run  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def test_quick_subset_keeps_layout(tmp_path: Path):
@@ -31,26 +21,7 @@ def test_quick_subset_keeps_layout(tmp_path: Path):
     assert not (tmp_path / "sub.tmp").exists()
 
 
-def _stand_in_convert(run: Path, presets, quick) -> list[Path]:
-    """fp32 .tflite from the run's SavedModel, used only while edgetune.convert has not landed."""
-    import tensorflow as tf
-
-    from edgetune.contract import read_metadata, write_metadata
-
-    (run / "export").mkdir(exist_ok=True)
-    out = run / "export" / "fp32.tflite"
-    out.write_bytes(tf.lite.TFLiteConverter.from_saved_model(str(run / "saved_model")).convert())
-    meta = read_metadata(run / "metadata.json")
-    meta.preset = "fp32"
-    write_metadata(out.with_suffix(".json"), meta)
-    return [out]
-
-
-def test_pipeline_quick_smoke(tmp_path: Path, capsys, monkeypatch):
-    if not _convert_ready():
-        import edgetune.benchmarks.pipeline as pipeline
-
-        monkeypatch.setattr(pipeline, "_convert", _stand_in_convert)
+def test_pipeline_quick_smoke(tmp_path: Path, capsys):
     data = tmp_path / "data"
     make_image_tree(data / "train", per_class=16, seed=1)
     make_image_tree(data / "validation", per_class=10, seed=2)
@@ -70,5 +41,6 @@ def test_pipeline_quick_smoke(tmp_path: Path, capsys, monkeypatch):
         assert (out / "results" / png).is_file() and f"results/{png}" in report
     keras = next(r for r in results["parity"] if r["name"] == "keras")
     assert keras["agreement"] == 1.0
-    fp32 = [r for r in results["parity"] if "fp32" in r["name"] and r["name"].endswith(".tflite")]
-    assert fp32 and fp32[0]["agreement"] == 1.0 and fp32[0]["max_abs_dprob"] < 1e-3
+    assert exports <= {"tflite_fp32.tflite", "tflite_int8.tflite", "onnx_fp32.onnx"}  # the --quick subset
+    parity = {r["name"]: r for r in results["parity"]}
+    assert parity["tflite_fp32.tflite"]["agreement"] == 1.0 and parity["tflite_fp32.tflite"]["max_abs_dprob"] < 1e-3
