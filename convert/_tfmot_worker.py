@@ -79,6 +79,53 @@ def to_tflite(model: tfk.Model, calibration: np.ndarray | None, full_integer: bo
     return converter.convert()
 
 
+def init_ranges(qat_model: tfk.Model, float_model: tfk.Model, calibration: np.ndarray, batch: int = 16) -> int:
+    """Start every quantizer at the float model's real range on the calibration images.
+
+    tfmot starts activation ranges at [-6, 6] and moves them by an exponential moving average
+    with decay 0.999: a fine-tune of a few hundred steps never gets them right (measured on the
+    cats-vs-dogs MobileNetV2: 4% top-1 agreement before training, 73% after one epoch). Setting
+    them from min/max statistics, as post-training calibration does, starts QAT where PTQ ends.
+    Returns the number of ranges set.
+    """
+    targets = {}
+    for wrapper in qat_model.layers:
+        if not wrapper.name.startswith("quant_"):
+            continue
+        name = wrapper.name[len("quant_"):]
+        for v in wrapper.non_trainable_weights:
+            short = v.name.split("/")[-1].split(":")[0]
+            if short in ("output_min", "output_max"):
+                targets.setdefault(name, {})[short] = v
+            elif short.endswith("kernel_min") or short.endswith("kernel_max"):
+                kernel = getattr(float_model.get_layer(name), short[: -len("_min")], None)
+                if kernel is not None:
+                    k = kernel.numpy()
+                    per_axis = v.shape.rank == 1 and v.shape[0] == k.shape[-1] and k.shape[-1] > 1
+                    axes = tuple(range(k.ndim - 1)) if per_axis else None
+                    value = k.min(axis=axes) if short.endswith("_min") else k.max(axis=axes)
+                    v.assign(np.reshape(np.broadcast_to(value, (v.shape.num_elements(),)), v.shape))
+    names = list(targets)
+    probe = tfk.Model(float_model.input, [float_model.get_layer(n).output for n in names])
+
+    @tf.function
+    def ranges(x):
+        outs = probe(x, training=False)
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        return [tf.reduce_min(o) for o in outs], [tf.reduce_max(o) for o in outs]
+
+    lo = np.full(len(names), np.inf)
+    hi = np.full(len(names), -np.inf)
+    for start in range(0, len(calibration), batch):
+        mins, maxs = ranges(tf.constant(calibration[start:start + batch], tf.float32))
+        lo, hi = np.minimum(lo, [float(m) for m in mins]), np.maximum(hi, [float(m) for m in maxs])
+    for n, a, b in zip(names, lo, hi):
+        # The quantizer's range must contain zero (asymmetric uint8 with an exact zero point).
+        targets[n]["output_min"].assign(min(a, 0.0))
+        targets[n]["output_max"].assign(max(b, 0.0))
+    return len(names)
+
+
 def qat(job: dict, float_model: tfk.Model, x, y, calibration) -> dict:
     def annotate(layer):
         if isinstance(layer, (tfk.layers.InputLayer, tfk.layers.Rescaling)):
@@ -89,6 +136,7 @@ def qat(job: dict, float_model: tfk.Model, x, y, calibration) -> dict:
     with tfmot.quantization.keras.quantize_scope():
         model = tfmot.quantization.keras.quantize_apply(annotated)
     freeze_batchnorm(model)
+    n_ranges = init_ranges(model, float_model, calibration)
     compile_for(model, job["spec"], job["qat_learning_rate"])
     t0 = time.perf_counter()
     hist = model.fit(x, y, batch_size=32, epochs=job["qat_epochs"], shuffle=True, verbose=2)
@@ -96,12 +144,16 @@ def qat(job: dict, float_model: tfk.Model, x, y, calibration) -> dict:
     data = to_tflite(model, calibration, full_integer=True)
     with open(job["outputs"]["qat_int8"], "wb") as f:
         f.write(data)
-    return {"qat_seconds": round(seconds, 1), "qat_history": {k: [float(v) for v in vs] for k, vs in hist.history.items()}}
+    return {"qat_seconds": round(seconds, 1), "qat_ranges_initialised": n_ranges,
+            "qat_history": {k: [float(v) for v in vs] for k, vs in hist.history.items()}}
 
 
 def prune(job: dict, float_model: tfk.Model, x, y, calibration) -> dict:
     steps = int(np.ceil(len(x) / 32)) * job["prune_epochs"]
-    schedule = tfmot.sparsity.keras.ConstantSparsity(job["sparsity"], begin_step=0, frequency=1)  # frequency 1: short runs
+    # Sparsity ramps up over the first 70% of the steps and holds for the rest (the network recovers);
+    # a frequency that fits the short schedule, or the mask is never updated and sparsity stays 0.
+    schedule = tfmot.sparsity.keras.PolynomialDecay(0.0, job["sparsity"], begin_step=0, end_step=max(1, int(0.7 * steps)),
+                                                    frequency=max(1, steps // 20))
 
     def wrap(layer):
         # Pointwise convolutions and the classifier hold almost all weights; depthwise kernels are tiny and fragile.
@@ -111,7 +163,7 @@ def prune(job: dict, float_model: tfk.Model, x, y, calibration) -> dict:
 
     model = tfk.models.clone_model(float_model, clone_function=wrap)
     freeze_batchnorm(model)
-    compile_for(model, job["spec"], job["qat_learning_rate"])
+    compile_for(model, job["spec"], job["prune_learning_rate"])
     t0 = time.perf_counter()
     model.fit(x, y, batch_size=32, epochs=job["prune_epochs"], shuffle=True, verbose=2,
               callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])

@@ -20,7 +20,8 @@ class ConvertConfig:
     qat_learning_rate: float = opt("learning rate of the quantization-aware fine-tune (RMSprop)", 1e-5)
     qat_images: int = opt("training images used by QAT and pruning fine-tunes (0: the whole train split)", 0)
     sparsity: float = opt("target weight sparsity of the pruned presets", 0.5)
-    prune_epochs: int = opt("fine-tuning epochs while pruning", 1)
+    prune_epochs: int = opt("fine-tuning epochs while pruning (sparsity ramps up over the first 70% of the steps)", 2)
+    prune_learning_rate: float = opt("learning rate while pruning (RMSprop)", 1e-4)
     int8_floor: float = opt("minimum top-1 agreement with Keras for integer presets", 0.98)
     float_floor: float = opt("minimum top-1 agreement with Keras for float presets", 0.995)
     parity_images: int = opt("test-split images used for the parity check (0: all)", 0)
@@ -34,6 +35,7 @@ class ConvertConfig:
             (self.qat_images >= 0, f"--qat-images must be >= 0, got {self.qat_images}"),
             (0 < self.sparsity < 1, f"--sparsity must be in (0, 1), got {self.sparsity}"),
             (self.prune_epochs >= 1, f"--prune-epochs must be >= 1, got {self.prune_epochs}"),
+            (self.prune_learning_rate > 0, f"--prune-learning-rate must be > 0, got {self.prune_learning_rate}"),
             (0 <= self.int8_floor <= 1 and 0 <= self.float_floor <= 1, "agreement floors must be in [0, 1]"),
             (self.parity_images >= 0, f"--parity-images must be >= 0, got {self.parity_images}"),
         ]

@@ -200,8 +200,9 @@ def _export_simple(inp: Inputs, preset: Preset, out: Path) -> dict:
             onnx_export.quantize_static_qdq(fp32, out, inp.calibration)
             return {"quantization": {"method": "static QDQ int8, per-channel weights, MinMax", "calibration_images": len(inp.calibration)}}
         if name == "onnx_dynamic":
-            onnx_export.quantize_dynamic_int8(fp32, out)
-            return {"quantization": {"method": "dynamic (uint8 weights, activations at run time)"}}
+            kept_float = onnx_export.quantize_dynamic_int8(fp32, out)
+            return {"quantization": {"method": "dynamic: per-channel int8 weights, activations at run time",
+                                     "float_nodes": f"{len(kept_float)} depthwise convolutions"}}
         return {"quantization": {"method": "none", "opset": onnx_export.OPSET}}
     finally:
         fp32.unlink(missing_ok=True)
@@ -237,6 +238,7 @@ def _run_tfmot(inp: Inputs, cfg: ConvertConfig, wanted: list[Preset], tmp: Path,
            "calibration": str(tmp / "calibration.npy"), "check_x": str(tmp / "check_x.npy"),
            "check_logits": str(tmp / "check_logits.npy"), "outputs": outputs, "qat_epochs": cfg.qat_epochs,
            "qat_learning_rate": cfg.qat_learning_rate, "sparsity": cfg.sparsity, "prune_epochs": cfg.prune_epochs,
+           "prune_learning_rate": cfg.prune_learning_rate,
            "report": str(tmp / "tfmot_report.json")}
     (tmp / "job.json").write_text(json.dumps(job))
     t0 = time.perf_counter()

