@@ -38,13 +38,14 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str,
         tp = _base_type(hints[f.name])
         default = f.default if f.default is not MISSING else (f.default_factory() if f.default_factory is not MISSING else None)
         help_text = f.metadata.get("help", "")
+        if "default" not in help_text:  # some fields explain their default themselves
+            help_text = f"{help_text} (default: {default})"
         if tp is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
-                                help=f"{help_text} (default: {default})")
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
             continue
         conv = {int: int, float: float, Path: Path}.get(tp, str)
         parser.add_argument(flag, dest=f.name, type=conv, default=default, choices=f.metadata.get("choices"),
-                            help=f"{help_text} (default: {default})", metavar=None if f.metadata.get("choices") else f.name.upper())
+                            help=help_text, metavar=None if f.metadata.get("choices") else f.name.upper())
 
 
 def config_from_args(cls: type, args: argparse.Namespace, **overrides: Any) -> Any:
