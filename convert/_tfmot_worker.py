@@ -52,10 +52,18 @@ def load_weights(model: tfk.Model, weights: dict) -> None:
         raise RuntimeError("no layer weights matched")
 
 
-def freeze_batchnorm(model: tfk.Model) -> None:
+def freeze_batchnorm(model: tfk.Model) -> int:
+    """BatchNorm in inference mode, as in training (statistics never move); returns how many were frozen.
+
+    QAT wraps every layer (QuantizeWrapperV2.layer): the BatchNormalization sits inside the wrapper.
+    """
+    frozen = 0
     for layer in model.layers:
-        if isinstance(layer, tfk.layers.BatchNormalization):
-            layer.trainable = False  # inference mode, as in training (statistics never move)
+        inner = getattr(layer, "layer", layer)
+        if isinstance(inner, tfk.layers.BatchNormalization):
+            inner.trainable = False
+            frozen += 1
+    return frozen
 
 
 def compile_for(model: tfk.Model, spec: dict, lr: float) -> None:
@@ -79,6 +87,16 @@ def to_tflite(model: tfk.Model, calibration: np.ndarray | None, full_integer: bo
     return converter.convert()
 
 
+def kernel_ranges(kernel: np.ndarray, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-channel (or per-tensor) range of a kernel, as tfmot's LastValueQuantizer sets it."""
+    if channels > 1:
+        flat = kernel.reshape(-1, channels)  # depthwise (kh, kw, C, M) flattens to C*M channels like the quantizer
+        m = np.abs(flat).max(axis=0)
+    else:
+        m = np.full(1, np.abs(kernel).max())
+    return -m, m
+
+
 def init_ranges(qat_model: tfk.Model, float_model: tfk.Model, calibration: np.ndarray, batch: int = 16) -> int:
     """Start every quantizer at the float model's real range on the calibration images.
 
@@ -86,7 +104,7 @@ def init_ranges(qat_model: tfk.Model, float_model: tfk.Model, calibration: np.nd
     with decay 0.999: a fine-tune of a few hundred steps never gets them right (measured on the
     cats-vs-dogs MobileNetV2: 4% top-1 agreement before training, 73% after one epoch). Setting
     them from min/max statistics, as post-training calibration does, starts QAT where PTQ ends.
-    Returns the number of ranges set.
+    Returns the number of activation ranges set.
     """
     targets = {}
     for wrapper in qat_model.layers:
@@ -100,11 +118,8 @@ def init_ranges(qat_model: tfk.Model, float_model: tfk.Model, calibration: np.nd
             elif short.endswith("kernel_min") or short.endswith("kernel_max"):
                 kernel = getattr(float_model.get_layer(name), short[: -len("_min")], None)
                 if kernel is not None:
-                    k = kernel.numpy()
-                    per_axis = v.shape.rank == 1 and v.shape[0] == k.shape[-1] and k.shape[-1] > 1
-                    axes = tuple(range(k.ndim - 1)) if per_axis else None
-                    value = k.min(axis=axes) if short.endswith("_min") else k.max(axis=axes)
-                    v.assign(np.reshape(np.broadcast_to(value, (v.shape.num_elements(),)), v.shape))
+                    lo, hi = kernel_ranges(kernel.numpy(), v.shape.num_elements())
+                    v.assign(np.reshape(lo if short.endswith("_min") else hi, v.shape))
     names = list(targets)
     probe = tfk.Model(float_model.input, [float_model.get_layer(n).output for n in names])
 
@@ -126,17 +141,64 @@ def init_ranges(qat_model: tfk.Model, float_model: tfk.Model, calibration: np.nd
     return len(names)
 
 
-def qat(job: dict, float_model: tfk.Model, x, y, calibration) -> dict:
+class DepthwiseChannelQuantizer(tfmot.quantization.keras.quantizers.LastValueQuantizer):
+    """Per-channel weights for DepthwiseConv2D, as TFLite quantizes them after training.
+
+    tfmot's default quantizer takes the kernel's last axis as the channel axis; a depthwise kernel
+    is (kh, kw, C, 1), so it ends up per-tensor, and one range for all 32..960 channels of an
+    unfolded MobileNetV2 depthwise kernel wipes out the small ones (measured: the first depthwise
+    output off by 86% relative error, 55% top-1 agreement before QAT, 88% after one epoch).
+    Flattening to (kh, kw, 1, C*M) makes the last axis the channel axis.
+    """
+
+    def __init__(self):
+        super().__init__(num_bits=8, per_axis=True, symmetric=True, narrow_range=True)
+
+    def build(self, tensor_shape, name, layer):
+        channels = int(tensor_shape[-2]) * int(tensor_shape[-1])
+        init = tfk.initializers.Constant
+        return {"min_var": layer.add_weight(name + "_min", shape=(channels,), initializer=init(-6.0), trainable=False),
+                "max_var": layer.add_weight(name + "_max", shape=(channels,), initializer=init(6.0), trainable=False)}
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        kh, kw, c, m = inputs.shape
+        flat = tf.reshape(inputs, (kh, kw, 1, c * m))
+        return tf.reshape(super().__call__(flat, training, weights, **kwargs), (kh, kw, c, m))
+
+
+class PerChannelDepthwiseScheme(tfmot.quantization.keras.default_8bit.Default8BitQuantizeScheme):
+    """The default 8-bit scheme with DepthwiseConv2D kernels quantized per channel."""
+
+    def get_quantize_registry(self):
+        registry = super().get_quantize_registry()
+        registry._layer_quantize_map[tfk.layers.DepthwiseConv2D].weight_quantizer = DepthwiseChannelQuantizer()
+        return registry
+
+
+def quantize_model(float_model: tfk.Model, calibration: np.ndarray) -> tuple[tfk.Model, int]:
+    """The QAT graph of the float model, BatchNorm frozen, ranges from calibration; and how many ranges were set.
+
+    Measured on the cats-vs-dogs MobileNetV2 (200 test images): tfmot's defaults start at 4% top-1
+    agreement with the float model; calibrated ranges alone 55%; with per-channel depthwise kernels
+    98.5% before any training, and the int8 TFLite after one QAT epoch agrees on 100% (PTQ: 99.5%).
+    The BatchNormalization layers sit inside QuantizeWrapperV2: frozen through the wrapper, or they
+    train on batch statistics (measured: 76% training accuracy in the QAT epoch instead of 99.7%).
+    """
     def annotate(layer):
         if isinstance(layer, (tfk.layers.InputLayer, tfk.layers.Rescaling)):
             return layer  # preprocessing stays float: tfmot has no quantize config for Rescaling
         return tfmot.quantization.keras.quantize_annotate_layer(layer)
 
     annotated = tfk.models.clone_model(float_model, clone_function=annotate)
-    with tfmot.quantization.keras.quantize_scope():
-        model = tfmot.quantization.keras.quantize_apply(annotated)
-    freeze_batchnorm(model)
-    n_ranges = init_ranges(model, float_model, calibration)
+    with tfmot.quantization.keras.quantize_scope({"DepthwiseChannelQuantizer": DepthwiseChannelQuantizer}):
+        model = tfmot.quantization.keras.quantize_apply(annotated, scheme=PerChannelDepthwiseScheme())
+    if freeze_batchnorm(model) == 0:
+        raise RuntimeError("no BatchNormalization layer found in the QAT graph to freeze")
+    return model, init_ranges(model, float_model, calibration)
+
+
+def qat(job: dict, float_model: tfk.Model, x, y, calibration) -> dict:
+    model, n_ranges = quantize_model(float_model, calibration)
     compile_for(model, job["spec"], job["qat_learning_rate"])
     t0 = time.perf_counter()
     hist = model.fit(x, y, batch_size=32, epochs=job["qat_epochs"], shuffle=True, verbose=2)
@@ -155,9 +217,18 @@ def prune(job: dict, float_model: tfk.Model, x, y, calibration) -> dict:
     schedule = tfmot.sparsity.keras.PolynomialDecay(0.0, job["sparsity"], begin_step=0, end_step=max(1, int(0.7 * steps)),
                                                     frequency=max(1, steps // 20))
 
+    def dense_kernels(m):
+        return [l for l in m.layers if type(l) in (tfk.layers.Conv2D, tfk.layers.Dense)]
+
+    # The large pointwise convolutions hold almost all weights; depthwise kernels, the first conv, the classifier
+    # and the early 1x1 convs are small and the most sensitive (measured on the cats-vs-dogs MobileNetV2 at 50%:
+    # pruning every Conv2D/Dense left 94% top-1 agreement, keeping the 15 layers under 16k weights dense 96.5%).
+    chosen = {l.name for l in dense_kernels(float_model) if int(np.prod(l.kernel.shape)) >= job["prune_min_weights"]}
+    if not chosen:
+        raise RuntimeError(f"no layer has --prune-min-weights {job['prune_min_weights']} weights or more: nothing to prune")
+
     def wrap(layer):
-        # Pointwise convolutions and the classifier hold almost all weights; depthwise kernels are tiny and fragile.
-        if type(layer) in (tfk.layers.Conv2D, tfk.layers.Dense):
+        if layer.name in chosen:
             return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule)
         return layer
 
@@ -168,9 +239,15 @@ def prune(job: dict, float_model: tfk.Model, x, y, calibration) -> dict:
     model.fit(x, y, batch_size=32, epochs=job["prune_epochs"], shuffle=True, verbose=2,
               callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
     stripped = tfmot.sparsity.keras.strip_pruning(model)
-    kernels = [l.kernel.numpy() for l in stripped.layers if type(l) in (tfk.layers.Conv2D, tfk.layers.Dense)]
-    sparsity = float(sum((k == 0).sum() for k in kernels) / sum(k.size for k in kernels))
-    report = {"prune_seconds": round(time.perf_counter() - t0, 1), "prune_steps": steps, "sparsity": round(sparsity, 4)}
+    kernels = {l.name: l.kernel.numpy() for l in dense_kernels(stripped)}
+
+    def zeros(names):
+        return float(sum((kernels[n] == 0).sum() for n in names) / sum(kernels[n].size for n in names))
+
+    report = {"prune_seconds": round(time.perf_counter() - t0, 1), "prune_steps": steps,
+              "prune_layers": f"{len(chosen)} of {len(kernels)} Conv2D/Dense layers",
+              "prune_weight_fraction": round(sum(kernels[n].size for n in chosen) / sum(k.size for k in kernels.values()), 4),
+              "sparsity": round(zeros(chosen), 4), "sparsity_all_kernels": round(zeros(list(kernels)), 4)}
     for kind, full_integer in (("pruned_dynamic", False), ("pruned_int8", True)):
         if kind in job["outputs"]:
             with open(job["outputs"][kind], "wb") as f:

@@ -165,7 +165,7 @@ def verify_and_place(inp: Inputs, cfg: ConvertConfig, preset: Preset, tmp_model:
         probs = np.concatenate([predictor.predict(inp.test_x[i:i + 1]) for i in range(len(inp.test_x))])
         row.parity = parity(probs, inp.keras_probs, inp.test_y)
         meta = read_metadata(tmp_json)
-        floor = cfg.int8_floor if preset.integer else cfg.float_floor
+        floor = cfg.pruned_floor if preset.pruned else cfg.int8_floor if preset.integer else cfg.float_floor
         meta.extra["parity"] = {**row.parity, "floor": floor, "test_split": "splits/test.txt"}
         write_metadata(tmp_json, meta)
     except Exception as exc:
@@ -238,7 +238,7 @@ def _run_tfmot(inp: Inputs, cfg: ConvertConfig, wanted: list[Preset], tmp: Path,
            "calibration": str(tmp / "calibration.npy"), "check_x": str(tmp / "check_x.npy"),
            "check_logits": str(tmp / "check_logits.npy"), "outputs": outputs, "qat_epochs": cfg.qat_epochs,
            "qat_learning_rate": cfg.qat_learning_rate, "sparsity": cfg.sparsity, "prune_epochs": cfg.prune_epochs,
-           "prune_learning_rate": cfg.prune_learning_rate,
+           "prune_learning_rate": cfg.prune_learning_rate, "prune_min_weights": cfg.prune_min_weights,
            "report": str(tmp / "tfmot_report.json")}
     (tmp / "job.json").write_text(json.dumps(job))
     t0 = time.perf_counter()
@@ -296,9 +296,15 @@ def convert_run(cfg: ConvertConfig) -> list[ExportRow]:
                 path = files.get(TFMOT_PRESETS[preset.name])
                 if path is None or not path.is_file():
                     continue
-                extra = {"quantization": {"method": TFMOT_PRESETS[preset.name], "calibration_images": len(inp.calibration),
-                                          "qat_epochs": cfg.qat_epochs, "qat_learning_rate": cfg.qat_learning_rate,
-                                          "sparsity_target": cfg.sparsity, **report}}
+                method = TFMOT_PRESETS[preset.name]
+                part = "qat" if method == "qat_int8" else "prune"
+                # Only this preset's half of the worker report (the QAT and pruning runs are separate fine-tunes).
+                mine = {k: v for k, v in report.items() if k.startswith(part) or (part == "prune" and k.startswith("sparsity"))}
+                settings = ({"qat_epochs": cfg.qat_epochs, "qat_learning_rate": cfg.qat_learning_rate} if part == "qat" else
+                            {"sparsity_target": cfg.sparsity, "prune_epochs": cfg.prune_epochs,
+                             "prune_learning_rate": cfg.prune_learning_rate, "prune_min_weights": cfg.prune_min_weights})
+                extra = {"quantization": {"method": method, "calibration_images": len(inp.calibration), **settings,
+                                          "rebuild_max_abs_diff": report.get("rebuild_max_abs_diff"), **mine}}
                 rows.append(verify_and_place(inp, cfg, preset, path, seconds, extra, export))
         write_json_atomic(export / "convert_report.json", {"config": config_to_dict(cfg), "rows": [r.__dict__ for r in rows]})
     order = {p.name: i for i, p in enumerate(PRESETS.values())}

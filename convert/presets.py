@@ -15,6 +15,8 @@ class Preset:
     integer: bool
     """Integer kernels (judged against the int8 agreement floor) or float."""
     description: str
+    pruned: bool = False
+    """Retrained by pruning: judged against the pruned agreement floor."""
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in [
@@ -24,8 +26,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("tflite_int8", ".tflite", True, "TFLite full integer int8 (calibrated), float input and output"),
     Preset("tflite_int8_uint8io", ".tflite", True, "TFLite full integer int8 with uint8 input/output, for raw camera bytes"),
     Preset("tflite_qat_int8", ".tflite", True, "quantization-aware fine-tune (tfmot), then full integer int8 TFLite"),
-    Preset("tflite_pruned_dynamic", ".tflite", True, "magnitude pruning to --sparsity (tfmot), then dynamic range TFLite"),
-    Preset("tflite_pruned_int8", ".tflite", True, "magnitude pruning to --sparsity (tfmot), then full integer int8 TFLite"),
+    Preset("tflite_pruned_dynamic", ".tflite", True, "magnitude pruning to --sparsity (tfmot), then dynamic range TFLite", pruned=True),
+    Preset("tflite_pruned_int8", ".tflite", True, "magnitude pruning to --sparsity (tfmot), then full integer int8 TFLite", pruned=True),
     Preset("onnx_fp32", ".onnx", False, "ONNX float32 via tf2onnx (opset 17)"),
     Preset("onnx_dynamic", ".onnx", True, "ONNX Runtime dynamic quantization: int8 weights, activations quantized on the fly"),
     Preset("onnx_int8", ".onnx", True, "ONNX Runtime static QDQ int8, per-channel weights, calibrated on training images"),

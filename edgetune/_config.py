@@ -37,7 +37,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str,
         flag = "--" + f.name.replace("_", "-")
         tp = _base_type(hints[f.name])
         default = f.default if f.default is not MISSING else (f.default_factory() if f.default_factory is not MISSING else None)
-        help_text = f.metadata.get("help", "")
+        help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse %-formats help strings
         if "default" not in help_text:  # some fields explain their default themselves
             help_text = f"{help_text} (default: {default})"
         if tp is bool:
