@@ -10,7 +10,8 @@ the rebuild against the Keras 3 logits, and leaves the preprocessing layer unann
 
 JOB.json: {"spec": {...}, "weights": npz, "train_x": npy, "train_y": npy, "calibration": npy,
 "check_x": npy, "check_logits": npy, "outputs": {"qat_int8"|"pruned_dynamic"|"pruned_int8": path},
-"qat_epochs", "qat_learning_rate", "sparsity", "prune_epochs", "report": path}
+"qat_epochs", "qat_learning_rate", "sparsity", "prune_epochs", "prune_learning_rate", "prune_min_weights",
+"seed", "report": path}
 """
 
 from __future__ import annotations
@@ -257,6 +258,7 @@ def prune(job: dict, float_model: tfk.Model, x, y, calibration) -> dict:
 
 def main(job_path: str) -> int:
     job = json.loads(open(job_path).read())
+    tfk.utils.set_random_seed(job.get("seed", 0))  # shuffling and dropout of the fine-tunes: repeatable runs
     spec = job["spec"]
     weights = dict(np.load(job["weights"]))
     float_model = build_flat(spec)

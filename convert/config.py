@@ -29,7 +29,7 @@ class ConvertConfig:
     pruned_floor: float = opt("minimum top-1 agreement with Keras for pruned presets: pruning retrains the weights, "
                               "so they are judged by accuracy (see the report) and a looser agreement floor", 0.95)
     parity_images: int = opt("test-split images used for the parity check (0: all)", 0)
-    seed: int = opt("seed of the calibration sample", 0)
+    seed: int = opt("seed of the calibration sample and of the QAT and pruning fine-tunes", 0)
 
     def validate(self) -> None:
         checks = [

@@ -238,7 +238,7 @@ def _run_tfmot(inp: Inputs, cfg: ConvertConfig, wanted: list[Preset], tmp: Path,
            "calibration": str(tmp / "calibration.npy"), "check_x": str(tmp / "check_x.npy"),
            "check_logits": str(tmp / "check_logits.npy"), "outputs": outputs, "qat_epochs": cfg.qat_epochs,
            "qat_learning_rate": cfg.qat_learning_rate, "sparsity": cfg.sparsity, "prune_epochs": cfg.prune_epochs,
-           "prune_learning_rate": cfg.prune_learning_rate, "prune_min_weights": cfg.prune_min_weights,
+           "prune_learning_rate": cfg.prune_learning_rate, "prune_min_weights": cfg.prune_min_weights, "seed": cfg.seed,
            "report": str(tmp / "tfmot_report.json")}
     (tmp / "job.json").write_text(json.dumps(job))
     t0 = time.perf_counter()

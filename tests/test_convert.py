@@ -26,9 +26,9 @@ def converted(tmp_path_factory):
     make_image_tree(root / "data" / "train", per_class=16, seed=1)
     make_image_tree(root / "data" / "validation", per_class=20, seed=2)
     run = train_run(tiny_train_config(root / "data", root / "run", epochs=20, learning_rate=1e-3, fine_tune_epochs=0))
-    # 32 training images are one QAT step per epoch: give the fake-quant ranges 10 steps to settle.
-    rows = convert_run(ConvertConfig(run=run, preset="all", calibration_images=16, qat_epochs=10, qat_learning_rate=1e-4,
-                                     int8_floor=0.75))
+    # 32 training images are one step per epoch: 10 steps for the fake-quant ranges to settle and the pruned net to recover.
+    rows = convert_run(ConvertConfig(run=run, preset="all", calibration_images=16, qat_epochs=10, qat_learning_rate=1e-4, prune_epochs=10,
+                                     int8_floor=0.75, pruned_floor=0.75))
     return run, {r.preset: r for r in rows}
 
 
