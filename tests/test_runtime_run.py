@@ -2,44 +2,33 @@
 
 The Keras side reads images with training's TensorFlow pipeline, the runtime side with Pillow +
 numpy: this is the check that training and deployment see the same pixels and the same model.
-Slow (trains a tiny run once per session); the conversion here is minimal (the convert stage owns
-the real exporters) and writes metadata through the contract like they do.
+Slow (trains a tiny run once per session, then converts it with `edgetune.convert`).
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from edgetune.contract import TensorSpec, read_metadata, read_split, write_metadata
+from edgetune.contract import read_metadata, read_split
 from edgetune.runtime import Predictor
 
 pytestmark = pytest.mark.slow
 
 
 def export(run: Path, out: Path) -> list[Path]:
-    import tensorflow as tf
+    """The fp32 presets through the real convert stage, copied out so the shared run dir stays untouched."""
+    import shutil
 
-    from edgetune.runtime._backends import open_backend
+    from edgetune.convert import ConvertConfig, convert_run
 
-    out.mkdir(parents=True, exist_ok=True)
-    tflite = out / "fp32.tflite"
-    tflite.write_bytes(tf.lite.TFLiteConverter.from_saved_model(str(run / "saved_model")).convert())
-    onnx = out / "fp32_onnx.onnx"
-    subprocess.run([sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(run / "saved_model"), "--opset", "17",
-                    "--output", str(onnx)], check=True, capture_output=True)
-    for model in (tflite, onnx):
-        meta = read_metadata(run / "metadata.json")
-        b = open_backend(model)
-        meta.input = TensorSpec(shape=[1, *b.inputs[0].shape[1:]], dtype=str(b.inputs[0].dtype))
-        meta.output = TensorSpec(shape=[1, b.outputs[0].shape[-1]], dtype=str(b.outputs[0].dtype))
-        meta.preset = model.stem
-        write_metadata(model.with_suffix(".json"), meta)
-    return [tflite, onnx]
+    copy = out / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("export", "tb"))
+    rows = convert_run(ConvertConfig(run=copy, preset="tflite_fp32,onnx_fp32", calibration_images=8))
+    assert [r.status for r in rows] == ["ok", "ok"], [r.detail for r in rows]
+    return [Path(r.path) for r in rows]
 
 
 def test_runtime_matches_keras_on_the_test_split(tiny_run_dir, tmp_path):
