@@ -12,6 +12,7 @@ JOB.json: {"spec": {...}, "weights": npz, "train_x": npy, "train_y": npy, "calib
 "check_x": npy, "check_logits": npy, "outputs": {"qat_int8"|"pruned_dynamic"|"pruned_int8": path},
 "qat_epochs", "qat_learning_rate", "sparsity", "prune_epochs", "prune_learning_rate", "prune_min_weights",
 "seed", "report": path}
+report: {"rebuild_max_abs_diff", "qat": {...}, "prune": {...}} (one part per fine-tune that ran)
 """
 
 from __future__ import annotations
@@ -166,6 +167,9 @@ class DepthwiseChannelQuantizer(tfmot.quantization.keras.quantizers.LastValueQua
         flat = tf.reshape(inputs, (kh, kw, 1, c * m))
         return tf.reshape(super().__call__(flat, training, weights, **kwargs), (kh, kw, c, m))
 
+    def get_config(self):
+        return {}  # every setting is fixed in __init__
+
 
 class PerChannelDepthwiseScheme(tfmot.quantization.keras.default_8bit.Default8BitQuantizeScheme):
     """The default 8-bit scheme with DepthwiseConv2D kernels quantized per channel."""
@@ -272,11 +276,11 @@ def main(job_path: str) -> int:
     calibration = np.load(job["calibration"])
     report: dict = {"rebuild_max_abs_diff": diff}
     if "qat_int8" in job["outputs"]:
-        report |= qat(job, float_model, np.asarray(x), y, calibration)
+        report["qat"] = qat(job, float_model, np.asarray(x), y, calibration)
     if any(k.startswith("pruned") for k in job["outputs"]):
         float_model = build_flat(spec)  # pruning starts again from the trained float weights
         load_weights(float_model, weights)
-        report |= prune(job, float_model, np.asarray(x), y, calibration)
+        report["prune"] = prune(job, float_model, np.asarray(x), y, calibration)
     with open(job["report"], "w") as f:
         json.dump(report, f)
     return 0

@@ -298,13 +298,11 @@ def convert_run(cfg: ConvertConfig) -> list[ExportRow]:
                     continue
                 method = TFMOT_PRESETS[preset.name]
                 part = "qat" if method == "qat_int8" else "prune"
-                # Only this preset's half of the worker report (the QAT and pruning runs are separate fine-tunes).
-                mine = {k: v for k, v in report.items() if k.startswith(part) or (part == "prune" and k.startswith("sparsity"))}
                 settings = ({"qat_epochs": cfg.qat_epochs, "qat_learning_rate": cfg.qat_learning_rate} if part == "qat" else
                             {"sparsity_target": cfg.sparsity, "prune_epochs": cfg.prune_epochs,
                              "prune_learning_rate": cfg.prune_learning_rate, "prune_min_weights": cfg.prune_min_weights})
                 extra = {"quantization": {"method": method, "calibration_images": len(inp.calibration), **settings,
-                                          "rebuild_max_abs_diff": report.get("rebuild_max_abs_diff"), **mine}}
+                                          "rebuild_max_abs_diff": report.get("rebuild_max_abs_diff"), **report.get(part, {})}}
                 rows.append(verify_and_place(inp, cfg, preset, path, seconds, extra, export))
         write_json_atomic(export / "convert_report.json", {"config": config_to_dict(cfg), "rows": [r.__dict__ for r in rows]})
     order = {p.name: i for i, p in enumerate(PRESETS.values())}
