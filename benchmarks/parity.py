@@ -21,6 +21,7 @@ import numpy as np
 
 from edgetune import UserError
 from edgetune.contract import ContractError, read_metadata, read_split, sha256_file, write_json_atomic
+from edgetune.stats import wilson_interval
 
 REFERENCE_DIR = "reference"
 REFERENCE_SCHEMA = 1
@@ -178,6 +179,8 @@ def parity_row(name: str, probs: np.ndarray, targets: np.ndarray, labels: Sequen
         raise ValueError(f"{name}: {probs.shape[0]} predictions for {y.shape[0]} targets")
     pred = probs.argmax(1)
     row: dict[str, Any] = {"name": name, "status": "ok", "n": int(len(y)), "accuracy": float((pred == y).mean()) if len(y) else None}
+    interval = wilson_interval(int((pred == y).sum()), len(y))
+    row["accuracy_ci95"] = list(interval) if interval else None  # how much n test images can tell
     # Only classes present in the targets (an ImageNet model has 1001 labels and a handful of test images).
     row["per_class_accuracy"] = {label: float((pred[y == k] == k).mean()) for k, label in enumerate(labels) if (y == k).any()}
     if reference is not None:

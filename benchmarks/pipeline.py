@@ -165,6 +165,7 @@ def write_report(run: Path, results: dict[str, Any], compare_text: str, cfg: Pip
 
 def _training_metrics(run: Path) -> str:
     from edgetune.contract import read_metadata
+    from edgetune.stats import format_accuracy
 
     try:
         m = read_metadata(run / "metadata.json").extra.get("metrics", {})
@@ -173,9 +174,9 @@ def _training_metrics(run: Path) -> str:
     final = m.get("final", {})
     parts = []
     for split in ("val", "test"):
-        acc = final.get(split, {}).get("accuracy")
+        acc, n = final.get(split, {}).get("accuracy"), final.get(split, {}).get("n")
         if acc is not None:
-            parts.append(f"{split} accuracy {acc * 100:.1f}%")
+            parts.append(f"{split} accuracy " + (format_accuracy(acc, n) if n else f"{acc * 100:.1f}%"))
     secs = [m.get(s, {}).get("seconds") for s in ("stage1", "stage2")]
     if any(secs):
         parts.append("training " + " + ".join(f"{s:.0f} s" for s in secs if s))

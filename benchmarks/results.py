@@ -288,6 +288,19 @@ def environment_line(device: dict[str, Any]) -> str:
             f"Python {device.get('python')}, {lib}{extra}")
 
 
+def sampling_note(parity: Sequence[dict[str, Any]]) -> str:
+    """One line on what the test split can resolve: points per image and the reference accuracy's 95% interval."""
+    ref = next((r for r in parity if r.get("name") == "keras" and r.get("n")), None) or next((r for r in parity if r.get("n")), None)
+    if ref is None or ref.get("accuracy") is None:
+        return ""
+    n = ref["n"]
+    ci = ref.get("accuracy_ci95")
+    line = f"On {n} test images one image is {100 / n:.2g} points"
+    if ci:
+        line += f"; {ref['name']} accuracy {ref['accuracy'] * 100:.1f}% has a 95% interval of {ci[0] * 100:.1f}-{ci[1] * 100:.1f}%"
+    return line + " (agreement and drop compare models on the same images, so they resolve finer than that)."
+
+
 def markdown_report(results: dict[str, Any], baseline: str = "keras predict") -> str:
     """The whole results document as Markdown: environment, parity, latency, recommendation."""
     out = [f"### {results['device']['name']}", "", environment_line(results["device"]), ""]
@@ -296,6 +309,9 @@ def markdown_report(results: dict[str, Any], baseline: str = "keras predict") ->
     if results["parity"]:
         what = "test split" if results.get("run") else "given labelled images"
         out += [f"**Parity** ({what}; drop = Keras accuracy minus the model's, in points)", "", parity_table(results), ""]
+        note = sampling_note(results["parity"])
+        if note:
+            out += [note, ""]
     if results["latency"]:
         out += ["**Latency** (batch 1)", "", latency_table(results, baseline), ""]
     ratios = key_ratios(results)

@@ -87,6 +87,7 @@ def test_budget_logic():
     assert row["max_abs_dprob"] == pytest.approx(0.4) and row["mean_abs_dprob"] == pytest.approx(0.1625)
     assert row["per_class_accuracy"] == {"cats": 0.5, "dogs": 1.0}
     assert row["within_budget"] is False
+    assert row["accuracy_ci95"][0] < 0.75 < row["accuracy_ci95"][1] and row["accuracy_ci95"][0] > 0.2  # 3 of 4: wide
     assert parity_row("x", model, y, ["cats", "dogs"], ref, max_drop=30.0)["within_budget"] is True
     alone = parity_row("x", model, y, ["cats", "dogs"])
     assert alone["within_budget"] is None and alone["agreement"] is None

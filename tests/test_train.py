@@ -101,6 +101,10 @@ def test_run_dir_is_complete_and_self_describing(tiny_run_dir):
         assert key in metrics
     for stage in ("stage1", "stage2"):
         assert 0 <= metrics[stage]["test"]["accuracy"] <= 1 and metrics[stage]["seconds"] > 0
+        for split, files in (("val", read_split(run, "val")), ("test", read_split(run, "test"))):
+            m = metrics[stage][split]
+            assert m["n"] == len(files) and m["correct"] == round(m["accuracy"] * m["n"])
+            assert m["ci95"][0] <= m["accuracy"] <= m["ci95"][1]
     history = json.loads((run / "history.json").read_text())
     assert len(history["val_accuracy"]) == 2 and history["stage1_epochs"] == 1
     assert json.loads((run / "config.json").read_text())["image_size"] == 48

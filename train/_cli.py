@@ -24,10 +24,14 @@ def run(args: argparse.Namespace) -> int:
     out = train_run(cfg)
     import json
 
+    from edgetune.stats import format_accuracy
+
     metrics = json.loads((out / "metrics.json").read_text())
     for stage in ("stage1", "stage2"):
         if stage in metrics:
             m = metrics[stage]
-            print(f"{stage}: {m['epochs']} epochs in {m['seconds']:.0f} s, val accuracy {m['val']['accuracy']:.4f}, test accuracy {m['test']['accuracy']:.4f}")
+            val, test = m["val"], m["test"]
+            print(f"{stage}: {m['epochs']} epochs in {m['seconds']:.0f} s, val accuracy {format_accuracy(val['accuracy'], val['n'])}, "
+                  f"test accuracy {format_accuracy(test['accuracy'], test['n'])}")
     print(f"run dir: {out}")
     return 0

@@ -21,6 +21,7 @@ import tensorflow as tf
 from edgetune import UserError, __version__
 from edgetune._config import config_to_dict
 from edgetune.contract import ModelMetadata, Preprocessing, TensorSpec, sha256_file, write_json_atomic, write_metadata
+from edgetune.stats import accuracy_summary
 from edgetune.train import distribute
 from edgetune.train.config import TrainConfig
 from edgetune.train.data import make_dataset
@@ -77,11 +78,14 @@ def _compile(model: keras.Model, stage: int, cfg: TrainConfig, num_classes: int,
         loop.compile(model.optimizer)
 
 
-def _evaluate(model: keras.Model, ds: tf.data.Dataset, loop=None) -> dict[str, float]:
+def _evaluate(model: keras.Model, ds: tf.data.Dataset, n: int, loop=None) -> dict:
+    """Loss and accuracy on `ds` (n images), with the accuracy's count and 95% interval."""
     if loop is not None:
-        return loop.evaluate(ds)
-    loss, acc = model.evaluate(ds, verbose=0)
-    return {"loss": float(loss), "accuracy": float(acc)}
+        out = loop.evaluate(ds)
+    else:
+        loss, acc = model.evaluate(ds, verbose=0)
+        out = {"loss": float(loss), "accuracy": float(acc)}
+    return out | accuracy_summary(out["accuracy"], n)
 
 
 def _prepare_run_dir(cfg: TrainConfig, chief: bool) -> tuple[Path, Path, dict | None]:
@@ -193,7 +197,7 @@ def _train_run(cfg: TrainConfig) -> Path:
                 freeze_for_stage(model, 1)
                 _compile(model, 1, cfg, n, loop)
         if "initial" not in metrics:
-            metrics["initial"] = {"val": _evaluate(model, val_ds, loop)}
+            metrics["initial"] = {"val": _evaluate(model, val_ds, len(splits.val), loop)}
             print(f"before training: val loss {metrics['initial']['val']['loss']:.4f}, accuracy {metrics['initial']['val']['accuracy']:.4f}", file=sys.stderr)
         t0 = time.perf_counter()
         fast = _fast_path(model, cfg, splits, size, strategy, work)
@@ -203,7 +207,7 @@ def _train_run(cfg: TrainConfig) -> Path:
         else:
             fit_stage1(model, cfg, splits, train_ds, val_ds, initial_epoch=done, callbacks=[ckpt, tensorboard], strategy=strategy, fast=fast)
         metrics["stage1"] = {"epochs": cfg.epochs, "seconds": round(time.perf_counter() - t0, 1), "fast_path": fast is not None,
-                             "val": _evaluate(model, val_ds, loop), "test": _evaluate(model, test_ds, loop)}
+                             "val": _evaluate(model, val_ds, len(splits.val), loop), "test": _evaluate(model, test_ds, len(splits.test), loop)}
         write_json_atomic(work / "metrics.partial.json", metrics)
         done = cfg.epochs
         state = None
@@ -221,7 +225,7 @@ def _train_run(cfg: TrainConfig) -> Path:
         else:
             fit_stage2(model, cfg, train_ds, val_ds, done, [ckpt, tensorboard], fast)
         metrics["stage2"] = {"epochs": cfg.fine_tune_epochs, "seconds": round(time.perf_counter() - t0, 1), "fast_path": bool(fast and fast.stage2),
-                             "val": _evaluate(model, val_ds, loop), "test": _evaluate(model, test_ds, loop)}
+                             "val": _evaluate(model, val_ds, len(splits.val), loop), "test": _evaluate(model, test_ds, len(splits.test), loop)}
     del fast  # free the cached activations before saving and exporting
     shutil.rmtree(work / "feature_cache", ignore_errors=True)
     final = metrics.get("stage2") or metrics["stage1"]
