@@ -175,6 +175,26 @@ def test_batchnorm_statistics_do_not_move_in_fine_tuning(freeze_bn):
         assert moved > 0.0  # proves the check above can fail
 
 
+def test_augmentation_draws_flip_and_rotation_independently():
+    """Seeded alike, Keras' RandomFlip and RandomRotation flipped exactly the images they tilted one way."""
+    from edgetune.train.model import AUGMENTATION, DROPOUT, augmentation_layer, build_model, layer_seeds
+
+    # A horizontal ramp: a flip reverses it; a rotation tilts it (sign of the top-left minus bottom-left level).
+    x = np.zeros((256, 32, 32, 3), "float32")
+    x[:] = np.linspace(0, 255, 32)[None, None, :, None]
+    for seed in (0, 1):
+        flip, rotate = augmentation_layer(0.2, True, seed).layers
+        flipped = [np.asarray(flip(x, training=True))[:, 16, 0, 0] > 127 for _ in range(2)]
+        tilted = [np.sign(np.asarray(rotate(x, training=True))[:, 2, 4:12, 0].mean(1) - 127.5) for _ in range(2)]
+        for f, t in zip(flipped, tilted):
+            assert 96 < f.sum() < 160  # about half flipped
+            assert abs(np.corrcoef(f.astype(float), t)[0, 1]) < 0.3  # the shared-seed bug gave -1.0
+    assert layer_seeds(0, 2) == layer_seeds(0, 2) != layer_seeds(1, 2)  # repeatable per run seed
+    model, _ = build_model(2, (48, 48), "none", seed=0)
+    seeds = [layer.seed for layer in model.get_layer(AUGMENTATION).layers] + [model.get_layer(DROPOUT).seed]
+    assert len(set(seeds)) == 3, seeds
+
+
 def test_trained_run_keeps_pretrained_batchnorm_statistics(tiny_run_dir):
     if not IMAGENET_NO_TOP.is_file():
         pytest.skip("needs the pretrained weights to compare against")

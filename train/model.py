@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import keras
+import numpy as np
 from keras import layers
 
 from edgetune import UserError, edgetune_home
@@ -37,13 +38,27 @@ def preprocess_layer() -> layers.Layer:
     return layers.Rescaling(1.0 / 127.5, offset=-1.0, name=PREPROCESS)
 
 
+def layer_seeds(seed: int | None, n: int) -> list[int | None]:
+    """n independent seeds for the random layers of one model, derived from the run seed.
+
+    Keras layers given the same integer seed draw the same numbers call after call: a RandomFlip and
+    a RandomRotation seeded alike flipped exactly the images they rotated one way (correlation -1.0),
+    so training saw every image tilted in one direction only (mirrored or not), half the tutorial's
+    augmentations. Each random layer gets its own stream; the run stays repeatable.
+    """
+    if seed is None:
+        return [None] * n
+    return [int(s) for s in np.random.default_rng([seed, 0x5EED]).integers(0, 2**31 - 1, n)]
+
+
 def augmentation_layer(rotation: float = 0.2, flip: bool = True, seed: int | None = None) -> keras.Sequential:
     """The tutorial's augmentation: RandomFlip('horizontal') + RandomRotation(0.2); active in fit only."""
+    flip_seed, rotation_seed = layer_seeds(seed, 2)
     blocks: list[layers.Layer] = []
     if flip:
-        blocks.append(layers.RandomFlip("horizontal", seed=seed))
+        blocks.append(layers.RandomFlip("horizontal", seed=flip_seed))
     if rotation > 0:
-        blocks.append(layers.RandomRotation(rotation, seed=seed))
+        blocks.append(layers.RandomRotation(rotation, seed=rotation_seed))
     return keras.Sequential(blocks, name=AUGMENTATION)
 
 
@@ -95,13 +110,14 @@ def build_model(
     base, weights_source = build_base(image_size, weights, alpha)
     base.trainable = False
     inputs = keras.Input(shape=(image_size[0], image_size[1], 3), name="image")
-    x = augmentation_layer(rotation, flip, seed)(inputs)
+    augmentation_seed, dropout_seed = layer_seeds(seed, 2)  # independent of each other (see layer_seeds)
+    x = augmentation_layer(rotation, flip, augmentation_seed)(inputs)
     x = preprocess_layer()(x)
     # training=False keeps BatchNorm in inference mode while the base is frozen; for fine-tuning
     # that is not enough in Keras 3 (see freeze_for_stage), but it is still the right call here.
     x = base(x, training=False)
     x = layers.GlobalAveragePooling2D(name=POOLING)(x)
-    x = layers.Dropout(dropout, seed=seed, name=DROPOUT)(x)
+    x = layers.Dropout(dropout, seed=dropout_seed, name=DROPOUT)(x)
     units = 1 if num_classes == 2 else num_classes
     # float32 logits even under a mixed-precision policy: losses and exported outputs stay exact.
     outputs = layers.Dense(units, dtype="float32", name=LOGITS)(x)
