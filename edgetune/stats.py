@@ -1,7 +1,7 @@
 """How far an accuracy measured on a few hundred images can be trusted.
 
 A 200-image test split moves in steps of 0.5 points per image, and a model that is right 97.8% of
-the time scores anywhere from about 96% to 99.5% on such a split by chance alone. The Wilson score
+the time scores anywhere from about 95.5% to 99.5% on such a split by chance alone. The Wilson score
 interval says so next to every accuracy edgetune reports (it stays inside [0, 1] and behaves at
 100%, unlike the normal approximation).
 """

@@ -30,8 +30,8 @@ def run(args: argparse.Namespace) -> int:
     for stage in ("stage1", "stage2"):
         if stage in metrics:
             m = metrics[stage]
-            val, test = m["val"], m["test"]
-            print(f"{stage}: {m['epochs']} epochs in {m['seconds']:.0f} s, val accuracy {format_accuracy(val['accuracy'], val['n'])}, "
-                  f"test accuracy {format_accuracy(test['accuracy'], test['n'])}")
+            # n is missing from a stage 1 that an older edgetune finished before --resume
+            val, test = (format_accuracy(m[s]["accuracy"], m[s]["n"]) if "n" in m[s] else f"{m[s]['accuracy']:.4f}" for s in ("val", "test"))
+            print(f"{stage}: {m['epochs']} epochs in {m['seconds']:.0f} s, val accuracy {val}, test accuracy {test}")
     print(f"run dir: {out}")
     return 0
