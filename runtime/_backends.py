@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from edgetune import UserError
+from edgetune.versions import package_version
 
 DEVICES = ("cpu", "gpu")
 
@@ -66,7 +67,7 @@ class LiteRTBackend:
                 self.package = "tflite-runtime"
             except ImportError as exc:
                 raise UserError("running .tflite models needs ai-edge-litert: pip install ai-edge-litert") from exc
-        self.version = _package_version(self.package)
+        self.version = package_version(self.package) or "unknown"
         self.threads = threads or default_threads()
         kw: dict[str, Any] = {}
         if not xnnpack:
@@ -196,15 +197,6 @@ def open_backend(path: Path, threads: int | None = None, device: str = "cpu") ->
         raise UserError(f"{path}: expected one image input and one output, found {len(backend.inputs)} inputs "
                         f"and {len(backend.outputs)} outputs")
     return backend
-
-
-def _package_version(dist: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -22,6 +22,7 @@ from edgetune import UserError
 from edgetune.contract import ModelMetadata, Preprocessing, TensorSpec, metadata_path_for, read_metadata
 from edgetune.runtime._backends import TensorDetails, open_backend
 from edgetune.runtime.image import load_and_preprocess
+from edgetune.runtime.postprocess import probabilities
 
 INPUT_RANGES = {"0,255": (0.0, 255.0), "-1,1": (-1.0, 1.0), "0,1": (0.0, 1.0)}
 """Named input ranges for models without metadata; "raw" feeds pixel values as the integer input."""
@@ -257,14 +258,7 @@ class Predictor:
         z = raw.astype(np.float32, copy=False)
         if self._out_scale is not None:
             z = (z - self._out_zero) * self._out_scale
-        z = z.reshape(z.shape[0], -1)
-        if self._kind == "binary_logit":
-            p1 = 1.0 / (1.0 + np.exp(-z[:, :1]))
-            return np.concatenate([1.0 - p1, p1], axis=1).astype(np.float32)
-        if self._kind == "softmax_logits":
-            e = np.exp(z - z.max(axis=1, keepdims=True))
-            return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
-        return np.array(z, dtype=np.float32)
+        return probabilities(z, self._kind)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities for a batch of preprocessed images.
