@@ -25,5 +25,5 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(CompareConfig, args)
     text, plots = run_compare(cfg.results, cfg.out, cfg.baseline, cfg.threads)
     print(text.split("## Plots")[0].rstrip())
-    print(f"\nreport: {Path(cfg.out) / 'compare.md'}; plots: {', '.join(str(p) for p in plots)}")
+    print(f"\nreport: {Path(cfg.out) / 'compare.md'}; plots: {', '.join(str(p) for p in plots) or 'none (needs matplotlib)'}")
     return 0

@@ -1,6 +1,6 @@
 """`run_bench`: parity and latency of every model of a run (or of given model files) in one results JSON.
 
-Parity is computed in this process (one decode of the test split, shared by every model); latency
+Parity is computed in this process (one decode of the held-out images, shared by every model); latency
 runs each model in its own process by default (see `_worker`). Keras baseline rows need TensorFlow
 and are added only where it is installed; without it (a Pi) they are simply absent, or marked
 unavailable when asked for explicitly.
@@ -22,9 +22,11 @@ from edgetune import UserError
 from edgetune._config import config_to_dict
 from edgetune.benchmarks.config import BenchConfig, parse_threads
 from edgetune.benchmarks.latency import LatencyRow, Timing, model_format
-from edgetune.benchmarks.parity import load_split_images, parity_row, read_reference, write_reference
-from edgetune.benchmarks.results import make_results, markdown_report, write_results
-from edgetune.contract import read_metadata, read_split
+from edgetune.benchmarks.parity import Gate, ParityRow, parity_row
+from edgetune.benchmarks.reference import load_split_images, read_reference, write_reference
+from edgetune.benchmarks.results import RESULTS_KIND, make_results, markdown_report, write_results
+from edgetune.contract import read_metadata, read_split, read_split_file
+from edgetune.outputs import check_output_file
 
 MODEL_SUFFIXES = (".tflite", ".onnx")
 E2E_IMAGES = 20
@@ -60,17 +62,11 @@ def labelled_images(source: Path, labels: Sequence[str]) -> list[tuple[Path, int
     """(path, class index) from class folders named like the labels, or from a 'path<TAB>label' list."""
     from edgetune.runtime import find_images
 
-    index = {name: i for i, name in enumerate(labels)}
-    items = []
+    items: list[tuple[Path, int]] = []
     if source.is_file():
-        for n, line in enumerate(source.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            rel, _, label = line.partition("\t")
-            if label not in index:
-                raise UserError(f"{source}:{n}: label {label!r} is not one of the model's labels")
-            items.append((source.parent / rel, index[label]))
+        items = read_split_file(source, list(labels), source.parent)
     elif source.is_dir():
+        index = {name: i for i, name in enumerate(labels)}
         for folder in sorted(p for p in source.iterdir() if p.is_dir()):
             if folder.name not in index:
                 raise UserError(f"{source}/{folder.name}: folder name is not one of the model's labels")
@@ -99,9 +95,7 @@ def run_bench(cfg: BenchConfig, write: bool = True) -> dict[str, Any]:
     Returns:
         The results document (see `edgetune.benchmarks.results`).
     """
-    from edgetune.benchmarks.env import fingerprint
-    from edgetune.benchmarks.keras_baseline import tensorflow_available
-    from edgetune.runtime import Predictor
+    from edgetune.benchmarks.env import fingerprint, thermal_state
 
     cfg.validate()
     threads = parse_threads(cfg.threads)
@@ -110,67 +104,125 @@ def run_bench(cfg: BenchConfig, write: bool = True) -> dict[str, Any]:
         raise UserError("no models to benchmark")
     if run is not None and not models:
         print(f"note: {run}/export has no .tflite/.onnx models yet (run edgetune convert); Keras rows only", file=sys.stderr)
+    _check_baseline_name(cfg, run, models)
+    out = _results_path(cfg, run) if write else None  # refused outputs fail before minutes of timing
     device = fingerprint(cfg.device, cfg.name)
-    timing = Timing(warmup=cfg.warmup, min_runs=cfg.min_runs, min_time_s=cfg.min_time)
-    kw = dict(labels=cfg.labels, size=cfg.size, input_range=cfg.input_range)
+    records, predictors = _load_models(models, cfg)
+    parity, items, image = _parity_rows(run, cfg, predictors, records)
+    predictors.clear()  # free the interpreters before timing
+    latency = _latency_rows(run, models, cfg, threads, items, image)
+    # Temperature and throttling after the timed runs too: a Pi that heated up during the run says so.
+    device["thermal_after"] = thermal_state()
+    config = config_to_dict(cfg) | {"targets": [str(t) for t in cfg.targets], "threads_resolved": threads}
+    results = make_results(device, config, records, parity, latency, run=str(run) if run else None, max_drop=cfg.max_drop)
+    if out is not None:
+        write_results(out, results)
+        out.with_suffix(".md").write_text(markdown_report(results, cfg.baseline))
+        results["_path"] = str(out)
+    return results
 
-    # ---- parity (in process, CPU, all cores: accuracy does not depend on the thread count)
-    parity: list[dict[str, Any]] = []
-    records: list[dict[str, Any]] = []
-    predictors = {}
+
+def _check_baseline_name(cfg: BenchConfig, run: Path | None, models: list[Path]) -> None:
+    """An unknown --baseline is an error listing the rows there will be, before minutes of timing."""
+    from edgetune.benchmarks.results import KERAS_LABELS
+
+    if cfg.baseline == BenchConfig.baseline:
+        return  # the default: without Keras rows the speed-up column is simply left out
+    labels = [f"{m.name}{mode}" for m in models for mode in ("", " (raw invoke)", " (file->label)")]
+    labels += list(KERAS_LABELS.values()) if run is not None else []
+    if cfg.baseline not in labels:
+        raise UserError(f"--baseline {cfg.baseline!r} is not a row of this bench; rows: {', '.join(labels)}")
+
+
+def _results_path(cfg: BenchConfig, run: Path | None) -> Path:
+    """Where the results JSON goes; an existing file there must be an edgetune results file (never a user's)."""
+    from edgetune.benchmarks.env import default_device_name
+
+    out = cfg.out or ((run / "results" if run else Path("results")) / f"{cfg.name or default_device_name(cfg.device)}.json")
+    return check_output_file(out, RESULTS_KIND, inputs=[m for m in cfg.targets if Path(m).is_file()])
+
+
+def _load_models(models: list[Path], cfg: BenchConfig) -> tuple[list[dict[str, Any]], dict[Path, Any]]:
+    from edgetune.runtime import Predictor
+
+    records, predictors = [], {}
     for m in models:
         try:
-            predictors[m] = Predictor.from_path(m, **kw)
+            predictors[m] = Predictor.from_path(m, labels=cfg.labels, size=cfg.size, input_range=cfg.input_range)
         except UserError as exc:
             raise UserError(f"{m}: {exc}") from exc
         records.append(_model_record(m, predictors[m]))
-    items, x, ref, image = None, None, None, None
+    return records, predictors
+
+
+def _gate(cfg: BenchConfig) -> Gate:
+    return Gate(max_drop=cfg.max_drop, int8_floor=cfg.int8_floor, float_floor=cfg.float_floor, pruned_floor=cfg.pruned_floor)
+
+
+def _parity_rows(run: Path | None, cfg: BenchConfig, predictors: dict[Path, Any], records: list[dict[str, Any]]):
+    """Parity in this process (CPU, all cores: accuracy does not depend on the thread count).
+
+    Returns (parity rows as dicts, the (path, label) items used, one preprocessed image for latency).
+    A run dir's exports are compared with its stored Keras reference on every held-out image.
+    """
+    gate, presets = _gate(cfg), {r["name"]: r["preset"] for r in records}
+    rows: list[ParityRow] = []
+    items, image = None, None
     if run is not None:
         meta = read_metadata(run / "metadata.json")
         items = read_split(run, cfg.split, cfg.data_root)
         missing = [p for p, _ in items if not p.is_file()]
         if missing:
-            raise UserError(f"{len(missing)} test images of {run} are missing (first: {missing[0]}); "
+            raise UserError(f"{len(missing)} held-out images of {run} are missing (first: {missing[0]}); "
                             "pass --data-root where the data set is on this machine")
         x = load_split_images(items, meta.preprocessing.size, meta.preprocessing.exif_orientation)
         ref = _reference(run, cfg, x)
         y = np.array([k for _, k in items])
         if ref is not None:
-            keras_row = parity_row("keras", ref[0], y, meta.labels, ref[0], cfg.max_drop)
-            keras_row["note"] = f"reference from {ref[1].get('created', '?')}"
-            parity.append(keras_row)
+            keras_row = parity_row("keras", ref[0], y, meta.labels)  # accuracy only: it is the reference
+            keras_row.note = f"reference from {ref[1].get('created', '?')}"
+            rows.append(keras_row)
         for m, p in predictors.items():
-            parity.append(_parity_or_error(m, lambda p=p: p.predict(x), y, p.labels, None if ref is None else ref[0], cfg.max_drop))
-        image = x[0]
+            floor = gate.floor_for(presets[m.name])
+            rows.append(_parity_or_error(m, lambda p=p: p.predict(x), y, p.labels, None if ref is None else ref[0],
+                                         floor, gate.max_drop))
+        image = x[0] if len(x) else None
     elif cfg.images is not None and predictors:
-        first = next(iter(predictors.values()))
-        items = labelled_images(cfg.images, first.labels)
+        items = labelled_images(cfg.images, next(iter(predictors.values())).labels)
         y = np.array([k for _, k in items])
         cache: dict[tuple, np.ndarray] = {}
         for m, p in predictors.items():
             key = (tuple(p.size), p.metadata.preprocessing.exif_orientation)
             if key not in cache:
                 cache[key] = load_split_images(items, *key)
-            parity.append(_parity_or_error(m, lambda p=p, k=key: p.predict(cache[k]), y, p.labels, None, cfg.max_drop))
-    for r in parity:
-        r["size_bytes"] = next((rec["size_bytes"] for rec in records if rec["name"] == r["name"]), None)
+            rows.append(_parity_or_error(m, lambda p=p, k=key: p.predict(cache[k]), y, p.labels, None,
+                                         gate.floor_for(presets[m.name]), gate.max_drop))
+    sizes = {rec["name"]: rec["size_bytes"] for rec in records}
+    for r in rows:
+        r.size_bytes = sizes.get(r.name)
     if run is not None:
         keras_file = run / "model.keras"
         records.insert(0, {"name": "keras", "path": str(keras_file), "format": "keras", "preset": "keras",
                            "size_bytes": keras_file.stat().st_size if keras_file.is_file() else None,
                            "input_dtype": "float32", "baseline": True})
-    predictors.clear()  # free the interpreters before timing
+    return [r.to_dict() for r in rows], items, image
 
-    # ---- latency
+
+def _latency_rows(run: Path | None, models: list[Path], cfg: BenchConfig, threads: list[int],
+                  items: list | None, image: np.ndarray | None) -> list[dict[str, Any]]:
+    """One job per model (and per thread count for Keras), each in a fresh process unless --no-isolate."""
+    from edgetune._progress import progress_bar
+    from edgetune.benchmarks.keras_baseline import tensorflow_available
+
+    timing = Timing(warmup=cfg.warmup, min_runs=cfg.min_runs, min_time_s=cfg.min_time)
     e2e_files = [str(p) for p, _ in items[:E2E_IMAGES]] if (cfg.e2e and items) else []
+    kw = dict(labels=cfg.labels, size=cfg.size, input_range=cfg.input_range)
     latency: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="edgetune-bench-") as tmp:
         img_file = None
         if image is not None:
             img_file = str(Path(tmp) / "image.npy")
             np.save(img_file, image)
-        from edgetune._progress import progress_bar
-
         jobs = [("model", m) for m in models]
         want_keras = run is not None and cfg.keras != "off" and (
             cfg.keras == "on" or (tensorflow_available() and (run / "model.keras").is_file()))
@@ -180,36 +232,20 @@ def run_bench(cfg: BenchConfig, write: bool = True) -> dict[str, Any]:
             if kind == "model":
                 spec = {"kind": "model", "model": str(target), "threads": threads, "e2e_files": e2e_files,
                         "device": cfg.device, "raw": cfg.raw, **kw}
-                rows = _run_job(spec, timing, img_file, tmp, cfg.isolate)
+                latency += _run_job(spec, timing, img_file, tmp, cfg.isolate)
             else:
-                rows = []
                 for t in threads:  # one process per thread count: TF sizes its pools once
                     spec = {"kind": "keras", "run": str(target), "threads": [t], "device": cfg.device}
-                    rows += _run_job(spec, timing, img_file, tmp, cfg.isolate)
-            latency += rows
-    # Temperature and throttling after the timed runs too: a Pi that heated up during the run says so.
-    from edgetune.benchmarks.env import thermal_state
-
-    device["thermal_after"] = thermal_state()
-    config = config_to_dict(cfg)
-    config["targets"] = [str(t) for t in cfg.targets]
-    config["threads_resolved"] = threads
-    results = make_results(device, config, records, parity, latency, run=str(run) if run else None, max_drop=cfg.max_drop)
-    if write:
-        out = cfg.out or ((run / "results" if run else Path("results")) / f"{device['name']}.json")
-        write_results(out, results)
-        Path(out).with_suffix(".md").write_text(markdown_report(results, cfg.baseline))
-        results["_path"] = str(out)
-    return results
+                    latency += _run_job(spec, timing, img_file, tmp, cfg.isolate)
+    return latency
 
 
-def _parity_or_error(model: Path, predict, y: np.ndarray, labels, reference, max_drop: float) -> dict[str, Any]:
+def _parity_or_error(model: Path, predict, y: np.ndarray, labels, reference, floor: float, max_drop: float) -> ParityRow:
     """One parity row; a model that cannot run on the data gives an error row instead of ending the bench."""
     try:
-        return parity_row(model.name, predict(), y, labels, reference, max_drop)
+        return parity_row(model.name, predict(), y, labels, reference, floor=floor, max_drop=max_drop)
     except (ValueError, RuntimeError, UserError) as exc:
-        return {"name": model.name, "status": "error", "note": str(exc).splitlines()[0][:300], "n": int(len(y)),
-                "accuracy": None, "within_budget": False}
+        return ParityRow.error(model.name, str(exc).splitlines()[0][:300], n=int(len(y)))
 
 
 def _reference(run: Path, cfg: BenchConfig, x: np.ndarray) -> tuple[np.ndarray, dict] | None:

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from edgetune import UserError
-from edgetune.benchmarks.results import (environment_line, is_int8, markdown_report, md_table, read_results, recommend,
-                                         row_label, _f, _ms)
+from edgetune.benchmarks.results import (KERAS_LABELS, check_baseline, environment_line, is_int8, markdown_report, md_table,
+                                         read_results, recommend, row_label, _f, _ms)
+from edgetune.outputs import staged_output
 
 
 def merge_rows(results: Sequence[dict[str, Any]], baseline: str = "keras predict", threads: int | None = None) -> list[dict[str, Any]]:
@@ -39,7 +40,7 @@ def merge_rows(results: Sequence[dict[str, Any]], baseline: str = "keras predict
         t = threads if threads is not None else (ts[-1] if ts else None)
         parity = {p["name"]: p for p in res.get("parity", [])}
         sizes = {m["name"]: m for m in res["models"]}
-        lat = [r for r in res["latency"] if r["threads"] == t and r["mode"] in ("predictor", "keras_predict", "keras_compiled", "e2e")]
+        lat = [r for r in res["latency"] if r["threads"] == t and r["mode"] in ("predictor", "e2e", *KERAS_LABELS)]
         base = next((r for r in lat if row_label(r) == baseline and r["status"] == "ok"), None)
         for r in lat:
             p = parity.get(r["name"], {})
@@ -146,17 +147,29 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     return path
 
 
+def _plots(rows: Sequence[dict[str, Any]], out_dir: Path) -> tuple[list[Path], str]:
+    """The two plots, or none and a note where matplotlib is missing (a Pi's lean install)."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        return [], "Plots need matplotlib (pip install matplotlib, or the [train] extra); the tables above hold the same numbers."
+    return [plot_latency(rows, out_dir / "latency.png"), plot_tradeoff(rows, out_dir / "accuracy_latency_size.png")], ""
+
+
 def compare_report(results: Sequence[dict[str, Any]], out: str | os.PathLike, baseline: str = "keras predict",
                    threads: int | None = None, details: bool = True) -> tuple[str, list[Path]]:
-    """Write compare.md and the plots into `out`; return (Markdown, plot paths).
+    """Write compare.md and the plots into the folder `out`; return (Markdown, plot paths).
 
     The Markdown has the merged table, one recommendation line per device (with int8-slower-than-
-    fp32 warnings), and with `details` each device's own parity and latency tables.
+    fp32 warnings), and with `details` each device's own parity and latency tables. Without matplotlib
+    the tables are written and the plots section says what is missing.
     """
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for res in results:
+        check_baseline(res, baseline)
     rows = merge_rows(results, baseline, threads)
-    plots = [plot_latency(rows, out_dir / "latency.png"), plot_tradeoff(rows, out_dir / "accuracy_latency_size.png")]
+    plots, plot_note = _plots(rows, out_dir)
     lines = ["## Devices", ""] + [f"- {environment_line(r['device'])}" for r in results] + [""]
     lines += ["## Formats across devices", "", compare_table(rows, baseline), ""]
     lines += ["## Recommendation", ""]
@@ -164,7 +177,7 @@ def compare_report(results: Sequence[dict[str, Any]], out: str | os.PathLike, ba
         rec = recommend(res)
         lines.append(f"- {rec['line']}")
         lines += [f"  - warning: {w}" for w in rec["warnings"]]
-    lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
+    lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + ([plot_note] if plot_note else []) + [""]
     if details:
         lines += ["## Per device", ""] + [markdown_report(res, baseline) for res in results]
     text = "\n".join(lines)
@@ -174,7 +187,10 @@ def compare_report(results: Sequence[dict[str, Any]], out: str | os.PathLike, ba
 
 def run_compare(paths: Sequence[str | os.PathLike], out: str | os.PathLike, baseline: str = "keras predict",
                 threads: int | None = None) -> tuple[str, list[Path]]:
-    """Read results files and write the comparison (see `compare_report`)."""
+    """Read results files and write the comparison into `out` (an edgetune "compare" folder, replaced atomically)."""
     if not paths:
         raise UserError("give at least one results JSON")
-    return compare_report([read_results(p) for p in paths], out, baseline, threads)
+    results = [read_results(p) for p in paths]
+    with staged_output(out, "compare", inputs=paths, force=True) as tmp:
+        text, plots = compare_report(results, tmp, baseline, threads)
+    return text, [Path(out) / p.name for p in plots]

@@ -1,4 +1,4 @@
-"""One config dataclass per command: BenchConfig, CompareConfig, PipelineConfig (flags via edgetune._config)."""
+"""One config dataclass per command: BenchConfig, CompareConfig (flags via edgetune._config)."""
 
 from __future__ import annotations
 
@@ -43,20 +43,25 @@ class BenchConfig:
     size: int | None = opt("input size for models without metadata", None)
     input_range: str | None = opt("input range for models without metadata: raw, 0,255, -1,1, 0,1", None)
     images: Path | None = opt("labelled images for accuracy without a run: class folders named like the labels, or a 'path<TAB>label' list", None)
-    split: str = opt("run split used for parity", "test")
+    split: str = opt("run split used for parity: heldout (validation + test: every image the run did not train on), "
+                     "val or test", "heldout", choices=["heldout", "val", "test"])
     data_root: Path | None = opt("where the run's images are on this machine (overrides metadata source.data_root)", None)
     threads: str = opt("thread counts, comma separated; 'all' = every usable core", "1,2,all")
     warmup: int = opt("warm-up runs before timing", 10)
     min_runs: int = opt("timed runs: at least this many ...", 50)
     min_time: float = opt("... and at least this many seconds", 1.0)
     max_drop: float = opt("accuracy budget: largest allowed drop vs Keras, in percentage points", 0.5)
+    int8_floor: float = opt("top-1 agreement with Keras an integer model must reach with 95% confidence", 0.97)
+    float_floor: float = opt("top-1 agreement with Keras a float model must reach with 95% confidence", 0.98)
+    pruned_floor: float = opt("top-1 agreement with Keras a pruned model must reach with 95% confidence", 0.93)
     device: str = opt("cpu, or gpu (ONNX Runtime CUDA provider, TensorFlow GPU); unavailable rows where absent", "cpu", choices=["cpu", "gpu"])
     keras: str = opt("Keras baseline rows: auto (when TensorFlow is installed), on, off", "auto", choices=["auto", "on", "off"])
     reference: str = opt("Keras reference predictions: auto (read, compute if missing and TensorFlow is here), recompute, off", "auto", choices=["auto", "recompute", "off"])
     e2e: bool = opt("time image file -> label end to end (needs images)", True)
     raw: bool = opt("time the raw interpreter invoke beside the Predictor", True)
     isolate: bool = opt("measure each model in its own process (per-model peak RSS, confirmed XNNPACK, clean TF threads)", True)
-    baseline: str = opt("row the speed-up column is relative to (e.g. 'keras predict', 'fp32.tflite')", "keras predict")
+    baseline: str = opt("row the speed-up column is relative to (e.g. 'keras predict', 'keras tf.function', "
+                        "'tflite_fp32.tflite')", "keras predict")
     name: str | None = opt("device name in results and tables (default: hostname-kind)", None)
     out: Path | None = opt("results JSON (default: RUN_DIR/results/<device>.json, or results/<device>.json)", None)
 
@@ -67,6 +72,7 @@ class BenchConfig:
             (self.min_runs >= 1, f"--min-runs must be >= 1, got {self.min_runs}"),
             (self.min_time >= 0, f"--min-time must be >= 0, got {self.min_time}"),
             (self.max_drop >= 0, f"--max-drop must be >= 0, got {self.max_drop}"),
+            (all(0 <= f <= 1 for f in (self.int8_floor, self.float_floor, self.pruned_floor)), "agreement floors must be in [0, 1]"),
             (self.size is None or self.size >= 1, f"--size must be >= 1, got {self.size}"),
         ]
         for ok, msg in checks:
@@ -83,25 +89,3 @@ class CompareConfig:
     baseline: str = opt("row the speed-ups are relative to, per device and thread count", "keras predict")
     threads: int | None = opt("thread count for the plots and the cross-device table (default: the largest per device)", None)
     out: Path = opt("folder for compare.md and the plots", Path("results/compare"))
-
-
-@dataclass
-class PipelineConfig:
-    """`edgetune pipeline`: train -> convert (all presets) -> parity -> latency -> report.md."""
-
-    data: Path | None = opt("image folders (default: the tutorial's cats-vs-dogs, fetched into the cache)", None)
-    out: Path = opt("run dir to create (training artifacts, export/, reference/, results/, report.md)", Path("runs/cats_vs_dogs"))
-    quick: bool = opt("smoke version: few images, small size, 1+1 epochs, a subset of presets", False)
-    weights: str = opt("base weights: imagenet, a .weights.h5 PATH, or none", "imagenet")
-    image_size: int | None = opt("model input size (default 160, 96 with --quick)", None)
-    epochs: int | None = opt("stage 1 epochs (default 10, 1 with --quick)", None)
-    fine_tune_epochs: int | None = opt("stage 2 epochs (default 10, 1 with --quick)", None)
-    quick_images: int = opt("--quick: images per class and split folder taken from the data", 24)
-    presets: str | None = opt("comma-separated convert presets (default: all; a small subset with --quick)", None)
-    threads: str | None = opt("latency thread counts (default 1,2,all; 1,all with --quick)", None)
-    min_runs: int | None = opt("timed runs per latency row, at least (default 50; 20 with --quick)", None)
-    min_time: float | None = opt("seconds per latency row, at least (default 1.0; 0.3 with --quick)", None)
-    max_drop: float = opt("accuracy budget in percentage points", 0.5)
-    device: str = opt("cpu or gpu", "cpu", choices=["cpu", "gpu"])
-    seed: int = opt("seed for training", 0)
-    resume: bool = opt("reuse a completed training run and existing exports in --out instead of redoing them", True)

@@ -13,9 +13,10 @@ import platform
 import shutil
 import socket
 import subprocess
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
+
+from edgetune.versions import package_versions
 
 LIBRARIES = ("edgetune", "numpy", "pillow", "ai-edge-litert", "tflite-runtime", "onnxruntime", "onnxruntime-gpu",
              "tensorflow", "keras")
@@ -110,13 +111,7 @@ def gpu_info() -> dict[str, Any] | None:
 
 def library_versions() -> dict[str, str]:
     """Installed versions of the libraries that change results (absent ones left out)."""
-    out = {"python": platform.python_version()}
-    for dist in LIBRARIES:
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            continue
-    return out
+    return {"python": platform.python_version(), **package_versions(LIBRARIES)}
 
 
 def device_kind(requested: str = "cpu") -> str:

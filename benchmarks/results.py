@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from edgetune.benchmarks.parity import preset_kind
 from edgetune.contract import ContractError, write_json_atomic
 
 RESULTS_KIND = "edgetune-bench"
@@ -48,12 +49,22 @@ def validate_results(d: Any, origin: str = "results") -> dict[str, Any]:
     missing = [k for k in REQUIRED if k not in d]
     if missing:
         raise ContractError(f"{origin}: missing fields {missing}")
-    if not isinstance(d["device"], dict) or not d["device"].get("name"):
+    if not isinstance(d["device"], dict) or not isinstance(d["device"].get("name"), str) or not d["device"]["name"]:
         raise ContractError(f"{origin}: device.name is missing")
+    for key, needed in (("models", ("name",)), ("parity", ("name",)), ("latency", LATENCY_KEYS)):
+        if not isinstance(d[key], list):
+            raise ContractError(f"{origin}: '{key}' must be a list of rows, got {type(d[key]).__name__}")
+        for i, row in enumerate(d[key]):
+            if not isinstance(row, dict):
+                raise ContractError(f"{origin}: {key} row {i} is a {type(row).__name__}, not an object")
+            lost = [k for k in needed if k not in row]
+            if lost:
+                raise ContractError(f"{origin}: {key} row {i} lacks {lost}")
     for i, row in enumerate(d["latency"]):
-        lost = [k for k in LATENCY_KEYS if k not in row]
-        if lost:
-            raise ContractError(f"{origin}: latency row {i} lacks {lost}")
+        if row["status"] == "ok" and not all(isinstance(row[k], (int, float)) for k in ("p50_ms", "p99_ms")):
+            raise ContractError(f"{origin}: latency row {i} has status ok but no numeric p50_ms/p99_ms")
+        if row["threads"] is not None and not isinstance(row["threads"], int):
+            raise ContractError(f"{origin}: latency row {i} has threads {row['threads']!r}, not a number")
     return d
 
 
@@ -66,27 +77,41 @@ def read_results(path: str | os.PathLike) -> dict[str, Any]:
     """Read and validate one results JSON."""
     p = Path(path)
     try:
-        data = json.loads(p.read_text())
+        data = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ContractError(f"results file {p} does not exist") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ContractError(f"{p}: not readable JSON ({exc})") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ContractError(f"{p}: not readable JSON ({str(exc)[:200]})") from exc
     return validate_results(data, str(p))
 
 
 # ------------------------------------------------------------------ row helpers
+KERAS_LABELS = {"keras_predict": "keras predict", "keras_call": "keras call", "keras_function": "keras tf.function",
+                "keras_compiled": "keras XLA"}
+"""Table names of the Keras baseline modes (see edgetune.benchmarks.keras_baseline)."""
+
+
 def row_label(row: dict[str, Any]) -> str:
     """The name a latency row has in tables: 'int8.tflite', 'int8.tflite (raw invoke)', 'keras predict'."""
     mode = row["mode"]
-    if mode == "keras_predict":
-        return "keras predict"
-    if mode == "keras_compiled":
-        return "keras compiled"
+    if mode in KERAS_LABELS:
+        return KERAS_LABELS[mode]
     if mode == "raw_invoke":
         return f"{row['name']} (raw invoke)"
     if mode == "e2e":
         return f"{row['name']} (file->label)"
+    if mode == "throughput":
+        return f"{row['name']} (folder throughput)"
     return row["name"]
+
+
+def check_baseline(results: dict[str, Any], baseline: str) -> None:
+    """Raise a UserError naming the rows when `baseline` is not the label of any latency row."""
+    labels = list(dict.fromkeys(row_label(r) for r in results["latency"]))
+    if labels and baseline not in labels:
+        from edgetune import UserError
+
+        raise UserError(f"--baseline {baseline!r} is not a row of these results; rows: {', '.join(labels)}")
 
 
 def is_int8(model: dict[str, Any]) -> bool:
@@ -113,24 +138,28 @@ def _lat(results: dict[str, Any], name: str, threads: int | None, mode: str = "p
 
 
 def recommend(results: dict[str, Any]) -> dict[str, Any]:
-    """Smallest and fastest exported model within the accuracy budget, plus int8-slower-than-fp32 warnings.
+    """Smallest and fastest exported model within the accuracy budget, the fastest integer one, and warnings.
 
-    Fastest is judged on the Predictor p50 at the largest thread count measured. Models without a
-    Keras comparison (no reference) count as candidates, and the line says accuracy was not checked.
+    A model is a candidate unless the gate failed it (its verdict) or its measured drop exceeds the
+    budget; inconclusive ones (too few images to vouch for them) are candidates and named as such.
+    Fastest is judged on the Predictor p50 at the largest thread count measured. Models without a Keras
+    comparison count as candidates, and the line says accuracy was not checked.
     """
     threads = max_threads(results)
     parity = {r["name"]: r for r in results.get("parity", [])}
-    out: dict[str, Any] = {"threads": threads, "smallest": None, "fastest": None, "warnings": [], "unchecked": []}
+    out: dict[str, Any] = {"threads": threads, "smallest": None, "fastest": None, "fastest_integer": None,
+                           "warnings": [], "unchecked": [], "inconclusive": []}
     candidates = []
     for m in results["models"]:
         if m.get("format") == "keras":  # the training model is the reference, not a deployment format
             continue
         p = parity.get(m["name"])
-        ok = None if p is None else p.get("within_budget")
-        if ok is False:
+        if p is not None and (p.get("verdict") == "fail" or p.get("within_budget") is False or p.get("status") == "error"):
             continue
-        if ok is None:
+        if p is None or p.get("within_budget") is None:
             out["unchecked"].append(m["name"])
+        elif p.get("verdict") == "inconclusive":
+            out["inconclusive"].append(m["name"])
         candidates.append(m)
     sized = [m for m in candidates if m.get("size_bytes")]
     if sized:
@@ -138,6 +167,27 @@ def recommend(results: dict[str, Any]) -> dict[str, Any]:
     timed = [(r["p50_ms"], m["name"]) for m in candidates if (r := _lat(results, m["name"], threads))]
     if timed:
         out["fastest"] = min(timed)[1]
+    timed_int = [(t, n) for t, n in timed if preset_kind(n) != "float"]
+    integer = [m["name"] for m in candidates if preset_kind(m["name"]) != "float"]
+    out["fastest_integer"] = min(timed_int)[1] if timed_int else (integer[0] if integer else None)
+    out["warnings"] = _int8_slower_warnings(results)
+    budget = results.get("max_drop", 0.5)
+    line = (f"{results['device']['name']}: within the {budget:g}-point accuracy budget, smallest = {out['smallest'] or 'none'}, "
+            f"fastest = {out['fastest'] or 'none'}" + (f" (p50 at {threads} threads)" if threads else ""))
+    if out["fastest_integer"] is None and any(preset_kind(m["name"]) != "float" for m in results["models"]
+                                              if m.get("format") != "keras"):
+        line += f"; no integer model within the {budget:g}-point budget"
+    if out["inconclusive"]:
+        line += f"; inconclusive (too few images to vouch for them): {', '.join(out['inconclusive'])}"
+    if out["unchecked"]:
+        line += f"; accuracy not checked against Keras for {', '.join(out['unchecked'])}"
+    out["line"] = line
+    return out
+
+
+def _int8_slower_warnings(results: dict[str, Any]) -> list[str]:
+    """Integer models slower than the float model of the same format on this device, per thread count."""
+    warnings = []
     fp32 = [m for m in results["models"] if is_fp32(m)]
     for m in results["models"]:
         if not is_int8(m):
@@ -149,34 +199,34 @@ def recommend(results: dict[str, Any]) -> dict[str, Any]:
                     continue
                 ref = _lat(results, f["name"], r["threads"])
                 if ref and r["p50_ms"] > ref["p50_ms"]:
-                    out["warnings"].append(
-                        f"{m['name']} (int8) is slower than {f['name']} at {r['threads']} thread(s): "
-                        f"{_ms(r['p50_ms'])} vs {_ms(ref['p50_ms'])} ms p50")
-    budget = results.get("max_drop", 0.5)
-    dev = results["device"]["name"]
-    parts = [f"{dev}: within the {budget:g}-point accuracy budget,"]
-    parts.append(f"smallest = {out['smallest'] or 'none'},")
-    parts.append(f"fastest = {out['fastest'] or 'none'}" + (f" (p50 at {threads} threads)" if threads else ""))
-    line = " ".join(parts)
-    if out["unchecked"]:
-        line += f"; accuracy not checked against Keras for {', '.join(out['unchecked'])}"
-    out["line"] = line
-    return out
+                    warnings.append(f"{m['name']} (int8) is slower than {f['name']} at {r['threads']} thread(s): "
+                                    f"{_ms(r['p50_ms'])} vs {_ms(ref['p50_ms'])} ms p50")
+    return warnings
 
 
 def key_ratios(results: dict[str, Any]) -> list[str]:
-    """Keras predict over each int8 model (the speed-up that matters), and the Predictor over raw invoke()."""
+    """Speed-ups of each int8 model over Keras `predict` (what the tutorial runs) and over the fastest Keras row
+    (what a Keras user could run at best), and the Predictor's cost over a raw invoke()."""
     lines = []
     threads = sorted({r["threads"] for r in results["latency"] if r["threads"] and r["status"] == "ok"})
     int8 = [m["name"] for m in results["models"] if is_int8(m) and m.get("format") != "keras"]
     for name in int8:
-        parts = []
+        vs_predict, vs_best = [], []
         for t in threads:
-            k, m = _lat(results, "keras", t, "keras_predict"), _lat(results, name, t)
-            if k and m:
-                parts.append(f"{k['p50_ms'] / m['p50_ms']:.1f}× @{t}t")
-        if parts:
-            lines.append(f"keras predict / {name}: " + ", ".join(parts))
+            m = _lat(results, name, t)
+            keras = [r for r in results["latency"] if r["name"] == "keras" and r["threads"] == t and r["status"] == "ok"
+                     and r["mode"] in KERAS_LABELS and r.get("p50_ms")]
+            if not m or not keras:
+                continue
+            predict = next((r for r in keras if r["mode"] == "keras_predict"), None)
+            best = min(keras, key=lambda r: r["p50_ms"])
+            if predict:
+                vs_predict.append(f"{predict['p50_ms'] / m['p50_ms']:.1f}× @{t}t")
+            vs_best.append(f"{best['p50_ms'] / m['p50_ms']:.1f}× @{t}t ({KERAS_LABELS[best['mode']]})")
+        if vs_predict:
+            lines.append(f"keras predict / {name}: " + ", ".join(vs_predict))
+        if vs_best:
+            lines.append(f"fastest keras / {name}: " + ", ".join(vs_best))
     wrapper = [(r["extra"]["predictor_over_raw_p50"], r["name"], r["threads"]) for r in results["latency"]
                if r["mode"] == "predictor" and r["status"] == "ok" and r.get("extra", {}).get("predictor_over_raw_p50")]
     if wrapper:
@@ -212,8 +262,15 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def _interval(ci: Any, pct: bool = True, fmt: str = ".1f") -> str:
+    if not ci:
+        return ""
+    lo, hi = ci
+    return f" ({lo * 100:{fmt}}-{hi * 100:{fmt}})" if pct else f" ({lo:+.2f} to {hi:+.2f})"
+
+
 def parity_table(results: dict[str, Any]) -> str:
-    """Size, accuracy, drop, agreement, |Δp| and per-class accuracy of every model, Keras first."""
+    """Verdict, size, accuracy, drop and agreement (with 95% intervals), |Δp| and per-class accuracy, Keras first."""
     sizes = {m["name"]: m.get("size_bytes") for m in results["models"]}
     rows = []
     for r in results["parity"]:
@@ -221,12 +278,23 @@ def parity_table(results: dict[str, Any]) -> str:
         if len(per_class) > 60:
             per_class = per_class[:57] + "..."
         size = sizes.get(r["name"], r.get("size_bytes"))
-        rows.append([r["name"], _f(size / 1e6 if size else None, ".2f"), r.get("n", "-"), _f(r.get("accuracy"), pct=True),
-                     _f(r.get("drop_points"), "+.2f"), _f(r.get("agreement"), pct=True), _f(r.get("max_abs_dprob"), ".4f"),
-                     _f(r.get("mean_abs_dprob"), ".5f"), _f(r.get("within_budget")) if r["name"] != "keras" else "ref",
+        verdict = "ref" if r["name"] == "keras" else (r.get("verdict") or ("error" if r.get("status") == "error" else "-"))
+        agree = _f(r.get("agreement"), pct=True) + (_interval(r.get("agreement_ci95")) if r.get("agreement") is not None else "")
+        drop = _f(r.get("drop_points"), "+.2f") + (_interval(r.get("drop_ci95"), pct=False) if r.get("drop_points") is not None else "")
+        rows.append([r["name"], verdict, _f(size / 1e6 if size else None, ".2f"), r.get("n", "-"),
+                     _f(r.get("accuracy"), pct=True), drop, agree, _f(r.get("max_abs_dprob"), ".4f"),
                      per_class or r.get("note", "")])
-    return md_table(["model", "MB", "n", "accuracy", "drop (pts)", "agree top-1", "max abs Δp", "mean abs Δp",
-                     f"≤ {results.get('max_drop', 0.5):g} pts", "per class"], rows)
+    return md_table(["model", "gate", "MB", "n", "accuracy", "drop (pts, 95% CI)", "agree top-1 (95% CI)", "max abs Δp",
+                     "per class"], rows)
+
+
+def gate_lines(results: dict[str, Any]) -> list[str]:
+    """One line per model the gate did not pass: its verdict and the reason."""
+    lines = []
+    for r in results.get("parity", []):
+        if r.get("name") != "keras" and r.get("verdict") in ("fail", "inconclusive"):
+            lines.append(f"{r['name']}: {r['verdict']} — {r.get('reason') or r.get('note', '')}")
+    return lines
 
 
 def latency_table(results: dict[str, Any], baseline: str = "keras predict") -> str:
@@ -295,7 +363,7 @@ def sampling_note(parity: Sequence[dict[str, Any]]) -> str:
         return ""
     n = ref["n"]
     ci = ref.get("accuracy_ci95")
-    line = f"On {n} test images one image is {100 / n:.2g} points"
+    line = f"On {n} images one image is {100 / n:.2g} points"
     if ci:
         line += f"; {ref['name']} accuracy {ref['accuracy'] * 100:.1f}% has a 95% interval of {ci[0] * 100:.1f}-{ci[1] * 100:.1f}%"
     return line + " (agreement and drop compare models on the same images, so they resolve finer than that)."
@@ -307,8 +375,10 @@ def markdown_report(results: dict[str, Any], baseline: str = "keras predict") ->
     if results.get("run"):
         out += [f"Run: `{results['run']}`", ""]
     if results["parity"]:
-        what = "test split" if results.get("run") else "given labelled images"
-        out += [f"**Parity** ({what}; drop = Keras accuracy minus the model's, in points)", "", parity_table(results), ""]
+        what = "every held-out image of the run" if results.get("run") else "given labelled images"
+        out += [f"**Parity** ({what}; drop = Keras accuracy minus the model's, in points; gate: pass / fail / "
+                "inconclusive with 95% confidence)", "", parity_table(results), ""]
+        out += [f"- {line}" for line in gate_lines(results)] + ([""] if gate_lines(results) else [])
         note = sampling_note(results["parity"])
         if note:
             out += [note, ""]

@@ -22,6 +22,9 @@ from typing import Any
 SCHEMA_VERSION = 1
 OUTPUT_KINDS = ("binary_logit", "softmax_logits", "probabilities")
 RESIZE_METHODS = ("bilinear",)
+SPLITS = ("train", "val", "test")
+HELDOUT = "heldout"
+"""Pseudo-split: validation + test, the images parity is measured on (agreement needs no labels)."""
 
 
 class ContractError(ValueError):
@@ -48,6 +51,10 @@ class Preprocessing:
     """JPEG IDCT method used in training (matches Pillow/libjpeg's default ISLOW)."""
     normalization: str = "inside_model"
     """Where mean/scale normalization happens: inside_model, or a formula applied by the runtime."""
+    jpeg_draft: bool = False
+    """Decode JPEGs at 1/2, 1/4 or 1/8 scale when that still covers `size` (libjpeg's DCT scaling, Pillow
+    `Image.draft`), several times faster; the pixels differ, so only for models trained that way.
+    Absent (older metadata): False."""
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -71,6 +78,8 @@ class Preprocessing:
             raise ContractError(f"preprocessing.resize {p.resize!r} is not one of {RESIZE_METHODS}")
         if p.channels != "RGB":
             raise ContractError(f"preprocessing.channels {p.channels!r}: only RGB is supported")
+        if not isinstance(p.jpeg_draft, bool):
+            raise ContractError(f"preprocessing.jpeg_draft must be true or false, got {p.jpeg_draft!r}")
         return p
 
 
@@ -230,21 +239,43 @@ def read_split(run_dir: str | os.PathLike, split: str, data_root: str | os.PathL
 
     Split files hold `relative/path<TAB>label` lines, relative to the data root recorded in the
     run's metadata; `data_root` overrides it (e.g. the same images copied to a Raspberry Pi).
+    `split` is train, val, test, or heldout (val + test: every image the run did not train on).
     """
     run = Path(run_dir)
+    if split == HELDOUT:  # every image the run did not train on: validation, then test (either may be absent)
+        present = [s for s in ("val", "test") if (run / "splits" / f"{s}.txt").is_file()]
+        if not present:
+            raise ContractError(f"{run}/splits has neither val.txt nor test.txt: is {run} an edgetune run dir?")
+        return [item for s in present for item in read_split(run, s, data_root)]
     split_file = run / "splits" / f"{split}.txt"
     if not split_file.is_file():
         raise ContractError(f"{split_file} not found: is {run} an edgetune run dir?")
     meta = read_metadata(run / "metadata.json")
     root = Path(data_root) if data_root is not None else Path(meta.source.get("data_root", run))
-    index = {name: i for i, name in enumerate(meta.labels)}
+    return read_split_file(split_file, meta.labels, root)
+
+
+def read_split_file(split_file: str | os.PathLike, labels: list[str], root: str | os.PathLike) -> list[tuple[Path, int]]:
+    """Parse a split file (`relative/path<TAB>label` lines; absolute paths stay absolute) against `labels`.
+
+    Raises:
+        ContractError: An unreadable file, a line without a tab, or a label that is not one of `labels`.
+    """
+    split_file, root = Path(split_file), Path(root)
+    index = {name: i for i, name in enumerate(labels)}
+    try:
+        text = split_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ContractError(f"{split_file} is not readable ({exc})") from exc
     items = []
-    for line_no, line in enumerate(split_file.read_text().splitlines(), 1):
+    for line_no, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        rel, _, label = line.partition("\t")
+        rel, tab, label = line.partition("\t")
+        if not tab:
+            raise ContractError(f"{split_file}:{line_no}: expected 'path<TAB>label', got {line[:80]!r}")
         if label not in index:
-            raise ContractError(f"{split_file}:{line_no}: label {label!r} is not one of {meta.labels}")
+            raise ContractError(f"{split_file}:{line_no}: label {label!r} is not one of {labels}")
         items.append((root / rel, index[label]))
     return items
 

@@ -40,3 +40,46 @@ def format_accuracy(accuracy: float, n: int) -> str:
         return "n/a (0 images)"
     lo, hi = s["ci95"]
     return f"{accuracy * 100:.1f}% ({s['correct']}/{n}, 95% CI {lo * 100:.1f}-{hi * 100:.1f}%)"
+
+
+def paired_drop_interval(keras_only: int, model_only: int, n: int, z: float = Z95) -> tuple[float, float, float] | None:
+    """Accuracy drop (Keras minus model, a fraction) with a 95% interval, from paired predictions on n images.
+
+    Only the discordant images carry information: `keras_only` are right for Keras and wrong for the
+    model, `model_only` the other way round. Given m = keras_only + model_only, keras_only is binomial
+    with some p, and drop = (2 p - 1) m / n; the Wilson interval of p gives the interval of the drop
+    (the interval behind McNemar's test). Returns (drop, low, high), or None when n is 0.
+    """
+    if n <= 0:
+        return None
+    m = keras_only + model_only
+    drop = (keras_only - model_only) / n
+    if m == 0:
+        return 0.0, 0.0, 0.0
+    lo, hi = wilson_interval(keras_only, m, z)
+    return drop, (2 * lo - 1) * m / n, (2 * hi - 1) * m / n
+
+
+def images_to_decide(rate: float, threshold: float, z: float = Z95, limit: int = 10_000_000) -> int | None:
+    """How many images, at the same observed `rate`, would put the 95% interval clear of `threshold`.
+
+    Decided means the interval's low end reaches the threshold (rate above it) or its high end falls below
+    it (rate below). None when the rate equals the threshold (no number of images decides).
+    """
+    if abs(rate - threshold) < 1e-12:
+        return None
+
+    def decided(n: int) -> bool:
+        lo, hi = wilson_interval(int(round(rate * n)), n, z)
+        return lo >= threshold if rate > threshold else hi < threshold
+
+    n = 2
+    while not decided(n):
+        n *= 2
+        if n > limit:
+            return None
+    lo_n, hi_n = n // 2, n
+    while hi_n - lo_n > 1:
+        mid = (lo_n + hi_n) // 2
+        lo_n, hi_n = (lo_n, mid) if decided(mid) else (mid, hi_n)
+    return hi_n

@@ -81,16 +81,47 @@ def test_budget_logic():
     ref = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.4, 0.6]])  # Keras: 4/4
     model = np.array([[0.7, 0.3], [0.4, 0.6], [0.3, 0.7], [0.45, 0.55]])  # one flip: 3/4
     row = parity_row("int8.tflite", model, y, ["cats", "dogs"], ref, max_drop=0.5)
-    assert row["accuracy"] == 0.75 and row["keras_accuracy"] == 1.0
-    assert row["drop_points"] == pytest.approx(25.0)
-    assert row["agreement"] == 0.75
-    assert row["max_abs_dprob"] == pytest.approx(0.4) and row["mean_abs_dprob"] == pytest.approx(0.1625)
-    assert row["per_class_accuracy"] == {"cats": 0.5, "dogs": 1.0}
-    assert row["within_budget"] is False
-    assert row["accuracy_ci95"][0] < 0.75 < row["accuracy_ci95"][1] and row["accuracy_ci95"][0] > 0.2  # 3 of 4: wide
-    assert parity_row("x", model, y, ["cats", "dogs"], ref, max_drop=30.0)["within_budget"] is True
+    assert row.accuracy == 0.75 and row.keras_accuracy == 1.0
+    assert row.drop_points == pytest.approx(25.0) and row.lost == 1 and row.gained == 0
+    assert row.agreement == 0.75 and row.flips == 1 and row.flip_indices == [1]
+    assert row.max_abs_dprob == pytest.approx(0.4) and row.mean_abs_dprob == pytest.approx(0.1625)
+    assert row.per_class_accuracy == {"cats": 0.5, "dogs": 1.0}
+    assert row.within_budget is False
+    assert row.accuracy_ci95[0] < 0.75 < row.accuracy_ci95[1] and row.accuracy_ci95[0] > 0.2  # 3 of 4: wide
+    # One flip in four images already puts agreement below 97% with 95% confidence (Wilson high end 95.4%).
+    assert row.verdict == "fail" and row.agreement_ci95[1] < 0.97
+    assert parity_row("x", model, y, ["cats", "dogs"], ref, max_drop=30.0).within_budget is True
     alone = parity_row("x", model, y, ["cats", "dogs"])
-    assert alone["within_budget"] is None and alone["agreement"] is None
+    assert alone.within_budget is None and alone.agreement is None and alone.verdict is None
+
+
+def _flipped(n: int, flips: int, seed: int = 0, gained: int = 0):
+    """Two-class reference and model probabilities over n images where `flips` top-1 answers differ."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    ref = np.eye(2)[y] * 0.8 + 0.1  # Keras right everywhere...
+    wrong = rng.choice(n, gained, replace=False)
+    ref[wrong] = ref[wrong][:, ::-1]  # ...except on `gained` images, where the model will be right
+    model = ref.copy()
+    flip = np.concatenate([wrong, rng.choice(np.setdiff1d(np.arange(n), wrong), flips - gained, replace=False)])
+    model[flip] = model[flip][:, ::-1]
+    return model, y, ref
+
+
+def test_gate_three_outcomes():
+    """The gate on constructed predictions: a clear fail, a clear pass, and too few images to tell."""
+    model, y, ref = _flipped(1000, 60)  # 94% agreement, 6 points lost
+    fail = parity_row("bad", model, y, ["a", "b"], ref, floor=0.97, max_drop=0.5)
+    assert fail.verdict == "fail" and "95% confidence" in fail.reason and fail.agreement_ci95[1] < 0.97
+    model, y, ref = _flipped(2000, 10, gained=5)  # 99.5% agreement, 5 lost and 5 gained: no drop
+    ok = parity_row("good", model, y, ["a", "b"], ref, floor=0.97, max_drop=0.5)
+    assert ok.verdict == "pass" and ok.agreement_ci95[0] >= 0.97 and ok.drop_points == 0.0
+    model, y, ref = _flipped(20, 2)  # 90% of 20: a broken export or noise? 20 images cannot tell
+    few = parity_row("short", model, y, ["a", "b"], ref, floor=0.97, max_drop=0.5)
+    assert few.verdict == "inconclusive" and few.images_to_decide and few.images_to_decide > 20
+    assert few.agreement_ci95[0] < 0.97 <= few.agreement_ci95[1]
+    exact = parity_row("fp32", ref, y, ["a", "b"], ref, floor=0.98)
+    assert exact.verdict == "pass" and "within 0.001" in exact.reason  # identical outputs need no sample size
 
 
 def test_bench_model_files_schema(tmp_path: Path):
@@ -144,11 +175,7 @@ def test_validate_results_rejects(tmp_path: Path):
 
 def test_bench_run_dir_parity_and_e2e_without_tensorflow(fixture_run: Path, tmp_path: Path):
     """A Pi's view: TensorFlow blocked, the stored reference is read, parity and file->label rows are produced."""
-    from edgetune.runtime import Predictor
-
-    ref = Predictor.from_path(fixture_run / "export" / "tiny3_fp32.tflite").predict_files(
-        [p for p, _ in __import__("edgetune.contract", fromlist=["read_split"]).read_split(fixture_run, "test")])
-    save_reference(fixture_run, ref)  # stands in for the Keras outputs (the fixtures have no model.keras)
+    save_reference(fixture_run, _independent_reference(fixture_run))
     out = tmp_path / "pi.json"
     script = textwrap.dedent(f"""
         import sys
@@ -183,14 +210,19 @@ def test_bench_run_dir_parity_and_e2e_without_tensorflow(fixture_run: Path, tmp_
     assert e2e["extra"]["decode_resize_p50_ms"] > 0 and e2e["extra"]["images"] == 15
 
 
-def test_budget_flags_a_lossy_model(fixture_run: Path, tmp_path: Path):
-    """A reference the int8 model disagrees with: the budget flag trips and the recommendation excludes it."""
+def _independent_reference(run: Path) -> np.ndarray:
+    """The Keras stand-in: the same network through another engine (ONNX Runtime on the tf2onnx export),
+    so no model is compared with a reference computed by itself."""
     from edgetune.contract import read_split
     from edgetune.runtime import Predictor
 
-    files = [p for p, _ in read_split(fixture_run, "test")]
-    ref = Predictor.from_path(fixture_run / "export" / "tiny3_fp32.tflite").predict_files(files)
-    save_reference(fixture_run, ref)
+    files = [p for p, _ in read_split(run, "heldout")]
+    return Predictor.from_path(MODELS / "tiny3_fp32_onnx.onnx").predict_files(files)
+
+
+def test_budget_flags_a_lossy_model(fixture_run: Path, tmp_path: Path):
+    """A reference the int8 model disagrees with: the budget flag trips and the recommendation excludes it."""
+    save_reference(fixture_run, _independent_reference(fixture_run))
     res = run_bench(BenchConfig(targets=[fixture_run], threads="1", keras="off", e2e=False, raw=False, isolate=False,
                                 max_drop=0.0, out=tmp_path / "r.json", **FAST))
     parity = {r["name"]: r for r in res["parity"]}
@@ -273,7 +305,8 @@ def test_recommendation_and_key_ratios_from_rows():
               {"name": "dynamic.tflite", "format": "tflite", "preset": "dynamic", "size_bytes": 2_500_000}]
     parity = [{"name": "keras", "within_budget": True}, {"name": "fp32.tflite", "within_budget": True},
               {"name": "int8.tflite", "within_budget": True}, {"name": "dynamic.tflite", "within_budget": False}]
-    latency = [_lat_row("keras", "keras_predict", 2, 100.0, "keras"), _lat_row("fp32.tflite", "predictor", 2, 3.0, ratio=1.02),
+    latency = [_lat_row("keras", "keras_predict", 2, 100.0, "keras"), _lat_row("keras", "keras_function", 2, 10.0, "keras"),
+               _lat_row("fp32.tflite", "predictor", 2, 3.0, ratio=1.02),
                _lat_row("int8.tflite", "predictor", 2, 2.0, ratio=1.10), _lat_row("dynamic.tflite", "predictor", 2, 1.0)]
     res = make_results({"name": "dev"}, {}, models, parity, latency)
     rec = res["recommendation"]
@@ -281,7 +314,34 @@ def test_recommendation_and_key_ratios_from_rows():
     assert rec["fastest"] == "int8.tflite" and rec["warnings"] == []
     ratios = key_ratios(res)
     assert ratios[0] == "keras predict / int8.tflite: 50.0× @2t"
-    assert "worst 1.100 (int8.tflite @2t), above the 1.05 target" in ratios[1]
-    latency[2]["p50_ms"] = 4.0  # int8 now slower than fp32: warned, and no longer the fastest
+    assert ratios[1] == "fastest keras / int8.tflite: 5.0× @2t (keras tf.function)"  # the honest speed-up
+    assert "worst 1.100 (int8.tflite @2t), above the 1.05 target" in ratios[2]
+    assert rec["fastest_integer"] == "int8.tflite"
+    latency[3]["p50_ms"] = 4.0  # int8 now slower than fp32: warned, and no longer the fastest
     rec = make_results({"name": "dev"}, {}, models, parity, latency)["recommendation"]
     assert rec["fastest"] == "fp32.tflite" and len(rec["warnings"]) == 1
+
+
+def test_recommendation_says_when_no_integer_model_is_within_budget():
+    from edgetune.benchmarks.results import make_results
+
+    models = [{"name": "tflite_fp32.tflite", "format": "tflite", "preset": "tflite_fp32", "size_bytes": 9},
+              {"name": "tflite_int8.tflite", "format": "tflite", "preset": "tflite_int8", "size_bytes": 3}]
+    parity = [{"name": "tflite_fp32.tflite", "within_budget": True, "verdict": "pass"},
+              {"name": "tflite_int8.tflite", "within_budget": False, "verdict": "fail"}]
+    latency = [_lat_row("tflite_fp32.tflite", "predictor", 2, 3.0), _lat_row("tflite_int8.tflite", "predictor", 2, 1.0)]
+    rec = make_results({"name": "dev"}, {}, models, parity, latency, max_drop=0.5)["recommendation"]
+    assert rec["fastest"] == "tflite_fp32.tflite" and rec["fastest_integer"] is None
+    assert "no integer model within the 0.5-point budget" in rec["line"]
+    parity[1].update(within_budget=True, verdict="inconclusive")
+    rec = make_results({"name": "dev"}, {}, models, parity, latency, max_drop=0.5)["recommendation"]
+    assert rec["fastest_integer"] == "tflite_int8.tflite" and "inconclusive" in rec["line"]
+
+
+def test_unknown_baseline_lists_the_rows():
+    from edgetune.benchmarks.results import check_baseline
+
+    res = {"latency": [_lat_row("keras", "keras_predict", 1, 50.0, "keras"), _lat_row("a.tflite", "predictor", 1, 1.0)]}
+    check_baseline(res, "keras predict")
+    with pytest.raises(UserError, match="rows: keras predict, a.tflite"):
+        check_baseline(res, "int8.tflite")

@@ -39,5 +39,27 @@ def test_sampling_note_uses_the_reference_row():
     rows = [{"name": "keras", "n": 200, "accuracy": 0.97, "accuracy_ci95": list(wilson_interval(194, 200))},
             {"name": "int8", "n": 200, "accuracy": 0.965, "accuracy_ci95": list(wilson_interval(193, 200))}]
     note = sampling_note(rows)
-    assert "200 test images" in note and "0.5 points" in note and "keras accuracy 97.0%" in note and "93.6-98.6%" in note
+    assert "200 images" in note and "0.5 points" in note and "keras accuracy 97.0%" in note and "93.6-98.6%" in note
     assert sampling_note([]) == "" and sampling_note([{"name": "x", "n": 0, "accuracy": None}]) == ""
+
+
+def test_paired_drop_interval():
+    from edgetune.stats import paired_drop_interval
+
+    assert paired_drop_interval(0, 0, 100) == (0.0, 0.0, 0.0)
+    drop, lo, hi = paired_drop_interval(6, 2, 1000)  # lost 6, gained 2: drop 0.4 points
+    assert drop == pytest.approx(0.004) and lo < 0 < drop < hi < 0.008
+    drop, lo, hi = paired_drop_interval(30, 0, 1000)  # 30 lost, none gained: clearly a drop
+    assert drop == pytest.approx(0.03) and lo > 0.02 and hi == pytest.approx(0.03)
+    assert paired_drop_interval(0, 0, 0) is None
+
+
+def test_images_to_decide():
+    from edgetune.stats import images_to_decide
+
+    n = images_to_decide(0.99, 0.97)
+    lo, _ = wilson_interval(int(round(0.99 * n)), n)
+    assert lo >= 0.97 and wilson_interval(int(round(0.99 * (n // 2))), n // 2)[0] < 0.97
+    n = images_to_decide(0.95, 0.97)
+    assert wilson_interval(int(round(0.95 * n)), n)[1] < 0.97
+    assert images_to_decide(0.97, 0.97) is None
