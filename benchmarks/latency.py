@@ -18,12 +18,6 @@ from typing import Any
 
 import numpy as np
 
-MODES = ("predictor", "raw_invoke", "e2e", "keras_predict", "keras_compiled")
-"""predictor: `Predictor.predict` on one preprocessed image (quantize + invoke + softmax);
-raw_invoke: the bare interpreter call on an already typed input; e2e: image file -> label (decode,
-resize, inference, argmax); keras_*: the TensorFlow baselines (`model.predict`, compiled call)."""
-
-
 @dataclass
 class Timing:
     """Timed-run parameters shared by every latency row."""
@@ -161,12 +155,18 @@ def bench_model(
     input_range: Any = None,
     device: str = "cpu",
     raw: bool = True,
+    decode_workers: int | None = None,
 ) -> list[LatencyRow]:
     """Latency rows of one exported model, for each thread count (batch 1).
 
+    Modes: predictor (`Predictor.predict` on one preprocessed image: quantize + invoke + softmax),
+    raw_invoke (the bare interpreter call on an already typed input), e2e (image file -> label, with
+    decode / resize / inference timed apart) and throughput (images/s over the files with decoding
+    in threads, beside the same files one image at a time).
+
     For every thread count: the model is loaded fresh (load time), one first inference is timed,
     then `Predictor.predict` and the raw interpreter `invoke_raw` are timed interleaved. With
-    `e2e_files`, one more row at the largest thread count times image file -> label.
+    `e2e_files`, an e2e and a throughput row follow at the largest thread count.
 
     Args:
         path: .tflite or .onnx model (metadata JSON beside it, or `labels`/`size` for a bare model).
@@ -177,12 +177,13 @@ def bench_model(
         labels, size, input_range: Passed to `Predictor.from_path` for models without metadata.
         device: 'cpu' or 'gpu' (ONNX Runtime's CUDA provider).
         raw: Also time the raw interpreter invoke (the wrapper-overhead comparison).
+        decode_workers: Decode threads of the throughput row; None = the runtime's default.
 
     Returns:
         Rows; a model that cannot run on `device` gives one `unavailable` row per thread count.
     """
     from edgetune import UserError
-    from edgetune.runtime import Predictor, load_and_preprocess
+    from edgetune.runtime import Predictor
 
     path = Path(path)
     base = dict(name=path.name, format=model_format(path), model=str(path), device=device,
@@ -223,32 +224,75 @@ def bench_model(
         last = (p, common)
     if e2e_files and last is not None:
         p, common = last
-        rows.append(_e2e_row(p, [Path(f) for f in e2e_files], timing, common, base, load_and_preprocess))
+        files = [Path(f) for f in e2e_files]
+        rows.append(_e2e_row(p, files, timing, common, base))
+        rows.append(_throughput_row(p, files, timing, common, base, decode_workers))
     return rows
 
 
-def _e2e_row(p: Any, files: list[Path], timing: Timing, common: dict, base: dict, load) -> LatencyRow:
-    """Image file -> label, decode + resize + inference + argmax, cycling over `files`."""
-    pre = p.metadata.preprocessing
+def _e2e_row(p: Any, files: list[Path], timing: Timing, common: dict, base: dict) -> LatencyRow:
+    """Image file -> label (decode, resize, inference + argmax) cycling over `files`, each part timed too."""
+    from edgetune.runtime import preprocess
+
     state = {"i": 0}
-    decode_ms: list[float] = []
+    parts: dict[str, list[float]] = {"decode": [], "resize": [], "inference": []}
+    perf = time.perf_counter
 
     def one() -> str:
         f = files[state["i"] % len(files)]
         state["i"] += 1
-        t0 = time.perf_counter()
-        x = load(f, p.size, pre.exif_orientation)
-        decode_ms.append((time.perf_counter() - t0) * 1000.0)
-        return p.labels[int(np.argmax(p.predict(x[None])[0]))]
+        t0 = perf()
+        img = p.decode(f)  # the contract's decode: EXIF orientation, JPEG draft when the model was trained so
+        t1 = perf()
+        x = preprocess(img, p.size)
+        t2 = perf()
+        label = p.labels[int(np.argmax(p.predict(x[None])[0]))]
+        t3 = perf()
+        for key, ms in (("decode", t1 - t0), ("resize", t2 - t1), ("inference", t3 - t2)):
+            parts[key].append(ms * 1000.0)
+        return label
 
-    t0 = time.perf_counter()
+    t0 = perf()
     one()
-    first_ms = (time.perf_counter() - t0) * 1000.0
+    first_ms = (perf() - t0) * 1000.0
     samples = time_calls([one], timing)[0]
-    timed_decode = decode_ms[-len(samples):]
     row = LatencyRow(mode="e2e", **{**common, "first_ms": first_ms, "peak_rss_mb": peak_rss_mb()}, **base, **summarize(samples))
-    row.extra["decode_resize_p50_ms"] = float(np.percentile(timed_decode, 50))
+    n = len(samples)
+    for key, values in parts.items():
+        row.extra[f"{key}_p50_ms"] = float(np.percentile(values[-n:], 50))
+    row.extra["decode_resize_p50_ms"] = float(np.percentile(np.add(parts["decode"][-n:], parts["resize"][-n:]), 50))
     row.extra["images"] = len(files)
+    row.extra["jpeg_draft"] = bool(p.metadata.preprocessing.jpeg_draft)
+    return row
+
+
+def _throughput_row(p: Any, files: list[Path], timing: Timing, common: dict, base: dict,
+                    workers: int | None) -> LatencyRow:
+    """Images/s over `files`: decoded in `workers` threads while the model runs, and one at a time.
+
+    One pass = every file once (file -> probabilities). Passes of both kinds are interleaved, so
+    both see the same machine; the row's p50/p99 are per image (pass time / files).
+    """
+    from edgetune.runtime._parallel import default_decode_workers, map_ordered
+
+    workers = default_decode_workers() if workers is None else workers
+
+    def sequential() -> None:
+        for f in files:
+            p.predict(p.load(f)[None])
+
+    def pipelined() -> None:
+        for _, x in map_ordered(p.load, files, workers):
+            p.predict(x[None])
+
+    passes = time_calls([sequential, pipelined], Timing(warmup=1, min_runs=3, min_time_s=timing.min_time_s,
+                                                        max_runs=timing.max_runs))
+    seq, pipe = (np.asarray(s) / len(files) for s in passes)  # ms per image, one value per pass
+    row = LatencyRow(mode="throughput", **{**common, "peak_rss_mb": peak_rss_mb()}, **base, **summarize(pipe))
+    row.throughput_ips = 1000.0 / float(np.median(pipe))
+    row.extra.update(decode_workers=workers, images=len(files), passes=int(pipe.size),
+                     sequential_ips=1000.0 / float(np.median(seq)),
+                     speedup=float(np.median(seq) / np.median(pipe)))
     return row
 
 

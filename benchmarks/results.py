@@ -332,12 +332,25 @@ def latency_table(results: dict[str, Any], baseline: str = "keras predict") -> s
                   if r.get("extra", {}).get("predictor_over_raw_p50")]
         if ratios:
             notes.append("predictor/raw p50 " + ", ".join(ratios))
-        if r0["mode"] == "e2e" and r0.get("extra", {}).get("decode_resize_p50_ms") is not None:
-            notes.append(f"decode+resize p50 {r0['extra']['decode_resize_p50_ms']:.2f} ms, {r0['threads']} threads")
+        notes.append(_image_path_note(r0))
         row += [_f(r0.get("load_s"), ".3f"), _ms(r0.get("first_ms")), _f(r0.get("peak_rss_mb"), ".0f"), accel,
                 "; ".join(n for n in notes if n)]
         rows.append(row)
     return md_table(header, rows)
+
+
+def _image_path_note(row: dict[str, Any]) -> str:
+    """The file->label row's decode / resize / inference p50s; the throughput row's images/s vs one at a time."""
+    x = row.get("extra") or {}
+    if row["mode"] == "e2e" and x.get("decode_p50_ms") is not None:
+        return (f"p50 decode {x['decode_p50_ms']:.2f} + resize {x['resize_p50_ms']:.2f} + inference "
+                f"{x['inference_p50_ms']:.2f} ms{', JPEG draft' if x.get('jpeg_draft') else ''}, {row['threads']} threads")
+    if row["mode"] == "e2e" and x.get("decode_resize_p50_ms") is not None:  # results written before the split
+        return f"decode+resize p50 {x['decode_resize_p50_ms']:.2f} ms, {row['threads']} threads"
+    if row["mode"] == "throughput" and x.get("sequential_ips"):
+        return (f"{row['throughput_ips']:.0f} img/s decoding in {x['decode_workers']} threads vs {x['sequential_ips']:.0f} "
+                f"one at a time ({x['speedup']:.2f}x), {row['threads']} threads")
+    return ""
 
 
 def environment_line(device: dict[str, Any]) -> str:

@@ -30,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from edgetune import UserError
-    from edgetune.runtime import ImageError, Predictor, find_images, load_and_preprocess
+    from edgetune.runtime import ImageError, Predictor, find_images
+    from edgetune.runtime._parallel import default_decode_workers, map_ordered
     from edgetune.runtime.config import PredictConfig
 
     cfg = config_from_args(PredictConfig, args)
@@ -38,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--top-k must be >= 1, got {cfg.top_k}")
     if cfg.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+    if cfg.decode_workers is not None and cfg.decode_workers < 0:
+        raise UserError(f"--decode-workers must be >= 0, got {cfg.decode_workers}")
     predictor = Predictor.from_path(args.model, labels=cfg.labels, size=cfg.size, threads=cfg.threads, device=cfg.device,
                                     input_range=cfg.input_range, output_kind=cfg.output_kind)
     if cfg.input_range is not None and predictor.metadata.preset != "external":
@@ -48,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if not paths:
         raise UserError(f"no images found in {' '.join(args.images)} (looked for .jpg .jpeg .png .bmp .gif .webp)")
     k = min(cfg.top_k, len(predictor.labels))
-    exif = predictor.metadata.preprocessing.exif_orientation
+    workers = default_decode_workers() if cfg.decode_workers is None else cfg.decode_workers
     results: list[dict] = []
     errors: list[dict] = []
 
@@ -67,13 +70,14 @@ def run(args: argparse.Namespace) -> int:
 
     batch_paths: list[str] = []
     arrays: list = []
-    for path in _progress(paths, len(paths) > LONG_RUN):
-        try:
-            arrays.append(load_and_preprocess(path, predictor.size, exif))
-        except ImageError as exc:
-            errors.append({"path": path, "error": str(exc)})
-            print(f"edgetune predict: error: {exc}", file=sys.stderr, flush=True)
+    # Images are decoded in `workers` threads while the model runs; results come back in input order.
+    decoded = map_ordered(predictor.load, paths, workers, catch=ImageError)
+    for path, x in _progress(decoded, len(paths), len(paths) > LONG_RUN):
+        if isinstance(x, ImageError):
+            errors.append({"path": path, "error": str(x)})
+            print(f"edgetune predict: error: {x}", file=sys.stderr, flush=True)
             continue
+        arrays.append(x)
         batch_paths.append(path)
         if len(arrays) >= cfg.batch_size:
             flush(batch_paths, arrays)
@@ -88,11 +92,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress(items: list[str], show: bool):
+def _progress(items, total: int, show: bool):
     if not show:
         return items
     try:
         from edgetune._progress import progress_bar
     except ImportError:  # progress bars are a nicety; predict works without them
         return items
-    return progress_bar(items, total=len(items), desc="predict", unit="img")
+    return progress_bar(items, total=total, desc="predict", unit="img")

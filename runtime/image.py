@@ -14,6 +14,7 @@ contract (`edgetune.contract.Preprocessing`) without it:
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 
@@ -29,12 +30,14 @@ class ImageError(UserError):
     """An image file that cannot be read or decoded (missing, truncated, not an image)."""
 
 
-def load_image(path: str | os.PathLike, exif_orientation: bool = True) -> np.ndarray:
+def load_image(path: str | os.PathLike, exif_orientation: bool = True, *, draft: Sequence[int] | None = None) -> np.ndarray:
     """Decode an image file to a uint8 RGB array (H, W, 3), first frame only, EXIF orientation applied.
 
     Args:
         path: Image file (JPEG, PNG, BMP, GIF, WebP or anything else Pillow reads).
         exif_orientation: Apply the EXIF orientation tag (the training contract does).
+        draft: A model input (height, width): JPEGs are decoded at reduced scale when that still covers
+            it (`jpeg_draft`); only for models trained that way (the contract's `jpeg_draft`).
 
     Returns:
         The decoded image, uint8, shape (height, width, 3).
@@ -44,6 +47,8 @@ def load_image(path: str | os.PathLike, exif_orientation: bool = True) -> np.nda
     """
     try:
         with Image.open(path) as img:
+            if draft is not None:
+                jpeg_draft(img, draft, exif_orientation)
             # load() decodes the whole first frame now, so a truncated file fails here, not later.
             img.load()
             if exif_orientation:
@@ -62,11 +67,39 @@ def load_image(path: str | os.PathLike, exif_orientation: bool = True) -> np.nda
         raise ImageError(f"{path}: not a readable image ({exc})") from exc
 
 
+EXIF_ORIENTATION_TAG = 0x0112
+_TRANSPOSING = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+def jpeg_draft(img: Image.Image, size: Sequence[int], exif_orientation: bool = True) -> None:
+    """Ask libjpeg to decode a JPEG at 1/2, 1/4 or 1/8 scale when the result still covers `size`.
+
+    libjpeg scales inside its inverse DCT (Pillow `Image.draft`), which skips most of the decoding
+    work: a 500x375 photo for a 160x160 model is decoded at 250x188. The pixels differ from a full
+    decode followed by the resize, so a model sees them only when it was trained on them too
+    (`Preprocessing.jpeg_draft`). Other formats are left alone. Call before `img.load()`.
+
+    Args:
+        img: A freshly opened, not yet loaded image.
+        size: The model input (height, width); the decoded image is never smaller in either direction.
+        exif_orientation: Whether the caller applies the EXIF orientation afterwards (a 90-degree
+            turn swaps which stored side becomes the height).
+    """
+    if img.format not in ("JPEG", "MPO"):
+        return
+    height, width = int(size[0]), int(size[1])
+    if exif_orientation and height != width and img.getexif().get(EXIF_ORIENTATION_TAG) in _TRANSPOSING:
+        height, width = width, height
+    img.draft(img.mode, (width, height))
+
+
+@functools.lru_cache(maxsize=64)
 def _axis_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Source indices (lower, upper) and float32 weights of one axis, as TF's ResizeBilinear computes them.
 
     TF (half_pixel_centers=True): scale = float(in) / out; x = (i + 0.5) * scale - 0.5;
     lower = max(floor(x), 0); upper = min(ceil(x), in - 1); lerp = x - floor(x), all in float32.
+    Cached (read-only arrays): a camera or a folder of same-size photos asks for the same axes every frame.
     """
     scale = np.float32(in_size) / np.float32(out_size)
     x = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
@@ -74,7 +107,38 @@ def _axis_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, 
     lower = np.maximum(x_floor, 0).astype(np.intp)
     upper = np.minimum(np.ceil(x), in_size - 1).astype(np.intp)
     lerp = (x - x_floor).astype(np.float32)
+    for a in (lower, upper, lerp):
+        a.setflags(write=False)
     return lower, upper, lerp
+
+
+def _corners(rows: np.ndarray, x0: np.ndarray, x1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Left and right source pixels of every output column of `rows` (R, W, C), as float32 (R, out_w, C).
+
+    uint8 RGB(A) pixels are gathered as one uint32 each: numpy's take has fast paths for 1/2/4/8/16-byte
+    items and falls back to a per-item memmove for 3- or 12-byte ones (5-10x slower). Channels are
+    moved one at a time (long strided loops; a (..., 3) slice copy loops 3 items at a time). Converting
+    after the gather is exact (uint8 -> float32), so the result equals converting first.
+    """
+    r, w, c = rows.shape
+    if rows.dtype != np.uint8 or c not in (3, 4):
+        rows = rows.astype(np.float32)
+        # np.take keeps C order (fancy indexing on axis 1 would not, and every later pass would be slow).
+        return np.take(rows, x0, axis=1), np.take(rows, x1, axis=1)
+    rgbx = np.empty((r * w, 4), np.uint8)
+    src = rows.reshape(r * w, c)
+    for k in range(c):
+        rgbx[:, k] = src[:, k]
+    packed = rgbx.view(np.uint32).reshape(r, w)
+    out = []
+    for x in (x0, x1):
+        gathered = np.take(packed, x, axis=1).view(np.uint8).reshape(-1, 4)
+        f = np.empty((r, len(x), c), np.float32)
+        flat = f.reshape(-1, c)
+        for k in range(c):
+            flat[:, k] = gathered[:, k]
+        out.append(f)
+    return out[0], out[1]
 
 
 def resize_bilinear(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
@@ -82,9 +146,10 @@ def resize_bilinear(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
 
     Method: separable bilinear interpolation with half-pixel centers and no antialias filter,
     computed in float32 in the order of TensorFlow's kernel (interpolate along x on the two source
-    rows, then along y), so results equal TensorFlow's to float32 precision. The output is float32
-    and is not rounded. Only the source rows that contribute are touched, so downscaling a large
-    photo costs O(out_h * in_w + out_h * out_w).
+    rows, then along y: top = tl + (tr - tl) * wx, ..., out = top + (bottom - top) * wy), so results
+    equal TensorFlow's to float32 precision. The output is float32 and is not rounded. Only the
+    source pixels that contribute are read (gathered before any conversion), so downscaling a
+    large photo costs O(out_h * in_w + out_h * out_w).
 
     Args:
         image: uint8 or float array (H, W, C).
@@ -97,15 +162,20 @@ def resize_bilinear(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
     in_h, in_w = image.shape[:2]
     y0, y1, wy = _axis_weights(in_h, out_h)
     x0, x1, wx = _axis_weights(in_w, out_w)
+    top, top_r = _corners(image[y0], x0, x1)
+    bottom, bot_r = _corners(image[y1], x0, x1)
     wx = wx[None, :, None]
-    top = image[y0].astype(np.float32)
-    bottom = image[y1].astype(np.float32)
-    # np.take keeps C order (fancy indexing on axis 1 would not, and every later pass would be slow).
-    top_l, top_r = np.take(top, x0, axis=1), np.take(top, x1, axis=1)
-    bot_l, bot_r = np.take(bottom, x0, axis=1), np.take(bottom, x1, axis=1)
-    top = top_l + (top_r - top_l) * wx
-    bottom = bot_l + (bot_r - bot_l) * wx
-    return top + (bottom - top) * wy[:, None, None]
+    # In place, same operations and order as TF (float addition is commutative, so tl + d == d + tl).
+    top_r -= top
+    top_r *= wx
+    top += top_r
+    bot_r -= bottom
+    bot_r *= wx
+    bottom += bot_r
+    bottom -= top
+    bottom *= wy[:, None, None]
+    top += bottom
+    return top
 
 
 def preprocess(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
@@ -115,9 +185,13 @@ def preprocess(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
     return resize_bilinear(image, size)
 
 
-def load_and_preprocess(path: str | os.PathLike, size: Sequence[int], exif_orientation: bool = True) -> np.ndarray:
-    """`load_image` then `preprocess`: one file -> float32 (height, width, 3) in 0..255."""
-    return preprocess(load_image(path, exif_orientation), size)
+def load_and_preprocess(path: str | os.PathLike, size: Sequence[int], exif_orientation: bool = True,
+                        draft: bool = False) -> np.ndarray:
+    """`load_image` then `preprocess`: one file -> float32 (height, width, 3) in 0..255.
+
+    `draft` decodes JPEGs at reduced scale first (`jpeg_draft`): the contract's `jpeg_draft`.
+    """
+    return preprocess(load_image(path, exif_orientation, draft=size if draft else None), size)
 
 
 def find_images(inputs: Sequence[str | os.PathLike]) -> list[str]:

@@ -21,12 +21,9 @@ import numpy as np
 from edgetune import UserError
 from edgetune.contract import ModelMetadata, Preprocessing, TensorSpec, metadata_path_for, read_metadata
 from edgetune.runtime._backends import TensorDetails, open_backend
-from edgetune.runtime.image import load_and_preprocess
+from edgetune.runtime._parallel import default_decode_workers, map_ordered
+from edgetune.runtime.image import load_image, preprocess
 from edgetune.runtime.postprocess import probabilities
-
-INPUT_RANGES = {"0,255": (0.0, 255.0), "-1,1": (-1.0, 1.0), "0,1": (0.0, 1.0)}
-"""Named input ranges for models without metadata; "raw" feeds pixel values as the integer input."""
-
 
 def parse_input_range(spec: str | Sequence[float]) -> tuple[float, float] | str:
     """'0,255' | '-1,1' | '0,1' | 'raw' | 'LO,HI' (or a pair of numbers) -> (lo, hi), or 'raw'."""
@@ -283,17 +280,38 @@ class Predictor:
             raws = [invoke(self.quantize(x[i:i + cap])) for i in range(0, n, cap)]
         return self.postprocess(np.concatenate(raws))
 
-    def predict_files(self, paths: Sequence[str | os.PathLike], batch_size: int = 32) -> np.ndarray:
+    def decode(self, path: str | os.PathLike) -> np.ndarray:
+        """One image file -> uint8 RGB (H, W, 3) as the contract decodes it (EXIF orientation, and the JPEG
+        draft scale when the model was trained with it), before the resize."""
+        pre = self.metadata.preprocessing
+        return load_image(path, pre.exif_orientation, draft=self.size if pre.jpeg_draft else None)
+
+    def load(self, path: str | os.PathLike) -> np.ndarray:
+        """One image file -> the float32 (H, W, 3) 0..255 model input, exactly as the contract says."""
+        return preprocess(self.decode(path), self.size)
+
+    def predict_files(self, paths: Sequence[str | os.PathLike], batch_size: int = 32,
+                      decode_workers: int | None = None) -> np.ndarray:
         """Decode, preprocess (per the contract) and classify image files.
+
+        Args:
+            paths: Image files.
+            batch_size: Images per `predict` call.
+            decode_workers: Threads decoding the next images while the model runs (0: none, in
+                this thread); None = `default_decode_workers()`.
 
         Raises:
             ImageError: A file is missing or not a readable image (use `predict` per file to go on).
         """
-        pre = self.metadata.preprocessing
-        out = []
-        for i in range(0, len(paths), batch_size):
-            batch = np.stack([load_and_preprocess(p, self.size, pre.exif_orientation) for p in paths[i:i + batch_size]])
-            out.append(self.predict(batch))
+        workers = default_decode_workers() if decode_workers is None else decode_workers
+        out, batch = [], []
+        for _, x in map_ordered(self.load, paths, workers):
+            batch.append(x)
+            if len(batch) >= batch_size:
+                out.append(self.predict(np.stack(batch)))
+                batch.clear()
+        if batch:
+            out.append(self.predict(np.stack(batch)))
         return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
 
     def invoke_raw(self, x: np.ndarray) -> np.ndarray:

@@ -1,0 +1,142 @@
+"""The fast image path: the gather-based resize equals the plain float one bit for bit, JPEG draft decoding
+follows the contract, and threaded folder decoding keeps input order and per-file errors."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgetune.cli import main
+from edgetune.contract import ContractError, Preprocessing, read_metadata, write_metadata
+from edgetune.runtime import ImageError, Predictor, load_image, resize_bilinear
+from edgetune.runtime._parallel import map_ordered
+from edgetune.runtime.image import EXIF_ORIENTATION_TAG, _axis_weights, jpeg_draft
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "tests" / "fixtures" / "models" / "tiny3_int8.tflite"
+
+
+def reference_resize(image: np.ndarray, size) -> np.ndarray:
+    """The straightforward float32 version (convert rows, then gather), in TF's operation order."""
+    out_h, out_w = size
+    y0, y1, wy = _axis_weights(image.shape[0], out_h)
+    x0, x1, wx = _axis_weights(image.shape[1], out_w)
+    top, bottom = image[y0].astype(np.float32), image[y1].astype(np.float32)
+    wx = wx[None, :, None]
+    top = top[:, x0] + (top[:, x1] - top[:, x0]) * wx
+    bottom = bottom[:, x0] + (bottom[:, x1] - bottom[:, x0]) * wx
+    return top + (bottom - top) * wy[:, None, None]
+
+
+@pytest.mark.parametrize("shape", [(375, 500, 3), (32, 32, 3), (1, 1, 3), (5, 700, 3), (33, 47, 4), (33, 47, 1)])
+@pytest.mark.parametrize("size", [(160, 160), (224, 96), (1, 1), (600, 700)])
+def test_fast_resize_equals_the_plain_float_resize(shape, size):
+    rng = np.random.default_rng(sum(shape) + sum(size))
+    image = rng.integers(0, 256, shape, dtype=np.uint8)
+    for img in (image, image[:, ::-1], np.asfortranarray(image), image.astype(np.float32)):
+        ours, ref = resize_bilinear(img, size), reference_resize(img, size)
+        assert ours.dtype == np.float32 and ours.shape == (*size, shape[2])
+        assert np.array_equal(ours, ref)  # bit for bit, not within a tolerance
+
+
+def jpeg(path: Path, w: int, h: int, orientation: int | None = None, mode: str = "RGB") -> Path:
+    rng = np.random.default_rng(w * h)
+    yy, xx = np.mgrid[0:h, 0:w]
+    arr = np.stack([xx * 255 / w, yy * 255 / h, 128 + 100 * np.sin(xx / 9.0)], -1) + rng.normal(0, 10, (h, w, 3))
+    img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).convert(mode)
+    kw = {"quality": 90}
+    if orientation:
+        exif = Image.Exif()
+        exif[EXIF_ORIENTATION_TAG] = orientation
+        kw["exif"] = exif
+    img.save(path, **kw)
+    return path
+
+
+def test_jpeg_draft_scales_but_always_covers_the_model_input(tmp_path):
+    big = jpeg(tmp_path / "big.jpg", 500, 375)
+    assert load_image(big).shape == (375, 500, 3)
+    assert load_image(big, draft=(160, 160)).shape == (188, 250, 3)  # 1/2: 375 // 160 = 2
+    assert load_image(big, draft=(90, 90)).shape == (94, 125, 3)  # 1/4
+    assert load_image(big, draft=(40, 40)).shape == (47, 63, 3)  # 1/8
+    assert load_image(big, draft=(224, 224)).shape == (375, 500, 3)  # 375 // 224 = 1: full size
+    gray = jpeg(tmp_path / "gray.jpg", 500, 375, mode="L")
+    assert load_image(gray, draft=(160, 160)).shape == (188, 250, 3)
+    png = tmp_path / "big.png"
+    Image.open(big).save(png)
+    assert load_image(png, draft=(40, 40)).shape == (375, 500, 3)  # only JPEGs are drafted
+
+
+def test_jpeg_draft_respects_exif_rotation(tmp_path):
+    # Stored 100 wide x 400 tall with orientation 6: shown 400 wide x 100 tall. A tall 100x25 (h x w)
+    # model input needs all 100 shown rows: no scaling. Ignoring the turn would pick 1/4 and leave 25 rows.
+    rotated = jpeg(tmp_path / "rot.jpg", 100, 400, orientation=6)
+    assert load_image(rotated, draft=(100, 25)).shape == (100, 400, 3)
+    assert load_image(rotated, draft=(50, 25)).shape == (50, 200, 3)  # 1/2 still covers 50 rows
+    with Image.open(rotated) as im:
+        jpeg_draft(im, (100, 25), exif_orientation=False)
+        im.load()
+        assert im.size == (25, 100)  # what a draft that ignored the turn would decode
+
+
+def test_contract_field_defaults_off_and_is_typed():
+    assert Preprocessing.from_dict({"size": [160, 160]}).jpeg_draft is False  # metadata older than the field
+    assert Preprocessing.from_dict({"size": [160, 160], "jpeg_draft": True}).jpeg_draft is True
+    with pytest.raises(ContractError, match="jpeg_draft must be true or false"):
+        Preprocessing.from_dict({"size": [160, 160], "jpeg_draft": "yes"})
+
+
+def test_predictor_decodes_as_the_contract_says(tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(MODEL.parent, models)
+    model = models / MODEL.name
+    photo = jpeg(tmp_path / "photo.jpg", 300, 260)
+    exact = Predictor.from_path(model)
+    assert exact.decode(photo).shape == (260, 300, 3)
+    meta = read_metadata(model.with_suffix(".json"))
+    meta.preprocessing.jpeg_draft = True
+    write_metadata(model.with_suffix(".json"), meta)
+    drafted = Predictor.from_path(model)
+    assert drafted.decode(photo).shape == (33, 38, 3)  # 1/8 still covers 32x32
+    assert np.array_equal(drafted.load(photo), resize_bilinear(load_image(photo, draft=(32, 32)), (32, 32)))
+    assert not np.array_equal(drafted.load(photo), exact.load(photo))
+
+
+def test_map_ordered_keeps_order_and_turns_errors_into_results():
+    def slow_square(i: int) -> int:
+        time.sleep(random.random() * 0.01)
+        if i == 7:
+            raise ImageError("seven is unreadable")
+        return i * i
+
+    for workers in (0, 1, 3):
+        out = list(map_ordered(slow_square, range(20), workers, catch=ImageError))
+        assert [i for i, _ in out] == list(range(20))
+        assert isinstance(out[7][1], ImageError)
+        assert [r for i, r in out if i != 7] == [i * i for i in range(20) if i != 7]
+    with pytest.raises(ValueError):
+        list(map_ordered(lambda i: int("x"), range(3), 2, catch=ImageError))  # other errors still raise
+
+
+def test_predict_with_decode_threads_matches_one_thread(tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(12):
+        jpeg(folder / f"{i:02d}.jpg", 40 + 7 * i, 50 + 3 * i)
+    (folder / "05.jpg").write_bytes(b"not a jpeg")
+    docs = []
+    for workers in ("0", "3"):
+        assert main(["predict", str(MODEL), str(folder), "--json", "--decode-workers", workers, "--batch-size", "4"]) == 1
+        docs.append(json.loads(capsys.readouterr().out))
+    assert docs[0]["predictions"] == docs[1]["predictions"] and len(docs[0]["predictions"]) == 11
+    assert [e["path"] for e in docs[1]["errors"]] == [str(folder / "05.jpg")]
+    p = Predictor.from_path(MODEL)
+    files = sorted(str(f) for f in folder.glob("*.jpg") if f.name != "05.jpg")
+    assert np.array_equal(p.predict_files(files, decode_workers=2), p.predict_files(files, decode_workers=0))
