@@ -273,7 +273,7 @@ def _throughput_row(p: Any, files: list[Path], timing: Timing, common: dict, bas
     One pass = every file once (file -> probabilities). Passes of both kinds are interleaved, so
     both see the same machine; the row's p50/p99 are per image (pass time / files).
     """
-    from edgetune.runtime._parallel import default_decode_workers, map_ordered
+    from edgetune.runtime import default_decode_workers, map_ordered
 
     workers = default_decode_workers() if workers is None else workers
 
