@@ -14,13 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from edgetune.benchmarks.parity import preset_kind
+from edgetune.benchmarks.schema import RESULTS_KIND, RESULTS_SCHEMA, validate_results
 from edgetune.contract import ContractError, write_json_atomic
-
-RESULTS_KIND = "edgetune-bench"
-RESULTS_SCHEMA = 1
-REQUIRED = ("kind", "schema", "created", "device", "config", "models", "parity", "latency")
-LATENCY_KEYS = ("name", "mode", "threads", "status", "p50_ms", "p99_ms")
-
 
 def make_results(device: dict[str, Any], config: dict[str, Any], models: list[dict[str, Any]],
                  parity: list[dict[str, Any]], latency: list[dict[str, Any]], run: str | None = None,
@@ -34,38 +29,6 @@ def make_results(device: dict[str, Any], config: dict[str, Any], models: list[di
     }
     res["recommendation"] = recommend(res)
     return res
-
-
-def validate_results(d: Any, origin: str = "results") -> dict[str, Any]:
-    """Check a results document's kind, schema version and required fields.
-
-    Raises:
-        ContractError: Not an edgetune results file, an unsupported schema, or missing fields.
-    """
-    if not isinstance(d, dict) or d.get("kind") != RESULTS_KIND:
-        raise ContractError(f"{origin}: not an edgetune bench results file (kind {d.get('kind') if isinstance(d, dict) else None!r})")
-    if d.get("schema") != RESULTS_SCHEMA:
-        raise ContractError(f"{origin}: results schema {d.get('schema')!r} is not supported (this edgetune reads {RESULTS_SCHEMA})")
-    missing = [k for k in REQUIRED if k not in d]
-    if missing:
-        raise ContractError(f"{origin}: missing fields {missing}")
-    if not isinstance(d["device"], dict) or not isinstance(d["device"].get("name"), str) or not d["device"]["name"]:
-        raise ContractError(f"{origin}: device.name is missing")
-    for key, needed in (("models", ("name",)), ("parity", ("name",)), ("latency", LATENCY_KEYS)):
-        if not isinstance(d[key], list):
-            raise ContractError(f"{origin}: '{key}' must be a list of rows, got {type(d[key]).__name__}")
-        for i, row in enumerate(d[key]):
-            if not isinstance(row, dict):
-                raise ContractError(f"{origin}: {key} row {i} is a {type(row).__name__}, not an object")
-            lost = [k for k in needed if k not in row]
-            if lost:
-                raise ContractError(f"{origin}: {key} row {i} lacks {lost}")
-    for i, row in enumerate(d["latency"]):
-        if row["status"] == "ok" and not all(isinstance(row[k], (int, float)) for k in ("p50_ms", "p99_ms")):
-            raise ContractError(f"{origin}: latency row {i} has status ok but no numeric p50_ms/p99_ms")
-        if row["threads"] is not None and not isinstance(row["threads"], int):
-            raise ContractError(f"{origin}: latency row {i} has threads {row['threads']!r}, not a number")
-    return d
 
 
 def write_results(path: str | os.PathLike, results: dict[str, Any]) -> Path:
@@ -228,9 +191,9 @@ def key_ratios(results: dict[str, Any]) -> list[str]:
         if vs_best:
             lines.append(f"fastest keras / {name}: " + ", ".join(vs_best))
     wrapper = [(r["extra"]["predictor_over_raw_p50"], r["name"], r["threads"]) for r in results["latency"]
-               if r["mode"] == "predictor" and r["status"] == "ok" and r.get("extra", {}).get("predictor_over_raw_p50")]
+               if r["mode"] == "predictor" and r["status"] == "ok" and (r.get("extra") or {}).get("predictor_over_raw_p50")]
     if wrapper:
-        worst = max(wrapper)
+        worst = max(wrapper, key=lambda w: w[0])
         median = sorted(w[0] for w in wrapper)[len(wrapper) // 2]
         flag = "within" if worst[0] < 1.05 else "above"
         lines.append(f"Predictor / raw invoke(): median {median:.3f}, worst {worst[0]:.3f} ({worst[1]} @{worst[2]}t), "
@@ -329,7 +292,7 @@ def latency_table(results: dict[str, Any], baseline: str = "keras predict") -> s
             accel += " (not confirmed)"
         notes = [r0.get("note", "")]
         ratios = [f"{r['extra']['predictor_over_raw_p50']:.3f} @{t}t" for t, r in sorted(by_t.items(), key=lambda kv: kv[0] or 0)
-                  if r.get("extra", {}).get("predictor_over_raw_p50")]
+                  if (r.get("extra") or {}).get("predictor_over_raw_p50")]
         if ratios:
             notes.append("predictor/raw p50 " + ", ".join(ratios))
         notes.append(_image_path_note(r0))
@@ -342,30 +305,36 @@ def latency_table(results: dict[str, Any], baseline: str = "keras predict") -> s
 def _image_path_note(row: dict[str, Any]) -> str:
     """The file->label row's decode / resize / inference p50s; the throughput row's images/s vs one at a time."""
     x = row.get("extra") or {}
-    if row["mode"] == "e2e" and x.get("decode_p50_ms") is not None:
+    if row["mode"] == "e2e" and None not in (x.get("decode_p50_ms"), x.get("resize_p50_ms"), x.get("inference_p50_ms")):
         return (f"p50 decode {x['decode_p50_ms']:.2f} + resize {x['resize_p50_ms']:.2f} + inference "
                 f"{x['inference_p50_ms']:.2f} ms{', JPEG draft' if x.get('jpeg_draft') else ''}, {row['threads']} threads")
     if row["mode"] == "e2e" and x.get("decode_resize_p50_ms") is not None:  # results written before the split
         return f"decode+resize p50 {x['decode_resize_p50_ms']:.2f} ms, {row['threads']} threads"
-    if row["mode"] == "throughput" and x.get("sequential_ips"):
+    if row["mode"] == "throughput" and x.get("sequential_ips") and row.get("throughput_ips"):
         return (f"{row['throughput_ips']:.0f} img/s decoding in {x['decode_workers']} threads vs {x['sequential_ips']:.0f} "
                 f"one at a time ({x['speedup']:.2f}x), {row['threads']} threads")
     return ""
 
 
 def environment_line(device: dict[str, Any]) -> str:
-    cpu = device.get("cpu", {})
-    libs = device.get("libraries", {})
-    lib = ", ".join(f"{k} {libs[k]}" for k in ("ai-edge-litert", "onnxruntime", "tensorflow") if k in libs)
-    thermal = device.get("thermal", {})
+    """One line describing the machine; the fingerprint is free-form, so every part is optional."""
+    def part(d: Any, key: str) -> Any:
+        return d.get(key) if isinstance(d, dict) else None
+
+    cpu, libs, thermal, os_info = (device.get(k) or {} for k in ("cpu", "libraries", "thermal", "os"))
+    lib = ", ".join(f"{k} {libs[k]}" for k in ("ai-edge-litert", "onnxruntime", "tensorflow") if isinstance(libs, dict) and k in libs)
     extra = ""
-    if thermal.get("throttled"):
-        extra = f", throttled now={thermal['throttled']['now']}"
-    temps = thermal.get("temperature_c")
-    if temps:
-        extra += f", {max(temps.values()):.0f}°C"
-    return (f"{device.get('name')} ({device.get('kind')}): {cpu.get('model')}, {cpu.get('cores_usable')} cores, "
-            f"SIMD {'/'.join(cpu.get('simd', [])) or '-'}, {device.get('os', {}).get('distribution') or device.get('os', {}).get('system')}, "
+    throttled = part(thermal, "throttled")
+    if throttled:
+        extra = f", throttled now={part(throttled, 'now')}"
+    temps = part(thermal, "temperature_c")
+    values = [v for v in temps.values() if isinstance(v, (int, float))] if isinstance(temps, dict) else []
+    if values:
+        extra += f", {max(values):.0f}°C"
+    simd = part(cpu, "simd")
+    simd = "/".join(str(v) for v in simd) if isinstance(simd, list) and simd else "-"
+    return (f"{device.get('name')} ({device.get('kind')}): {part(cpu, 'model')}, {part(cpu, 'cores_usable')} cores, "
+            f"SIMD {simd}, {part(os_info, 'distribution') or part(os_info, 'system')}, "
             f"Python {device.get('python')}, {lib}{extra}")
 
 
@@ -400,7 +369,7 @@ def markdown_report(results: dict[str, Any], baseline: str = "keras predict") ->
     ratios = key_ratios(results)
     if ratios:
         out += ["**Key ratios** (p50)", ""] + [f"- {r}" for r in ratios] + [""]
-    rec = results.get("recommendation") or recommend(results)
+    rec = recommend(results)  # a view of the rows: recomputed, never trusted from the file
     out += [f"**Recommendation** — {rec['line']}", ""]
     out += [f"**Warning** — {w}" for w in rec.get("warnings", [])]
     return "\n".join(out).rstrip() + "\n"

@@ -63,24 +63,50 @@ class Preprocessing:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
-        d = dict(d)
-        known = {f.name for f in dataclasses.fields(cls)}
-        d = {k: v for k, v in d.items() if k in known}
-        if "size" in d:
-            d["size"] = tuple(int(v) for v in d["size"])
-        if "input_range" in d:
-            d["input_range"] = tuple(float(v) for v in d["input_range"])
-        p = cls(**d)
-        if len(p.size) != 2 or min(p.size) < 1:
-            raise ContractError(f"preprocessing.size must be [height, width] > 0, got {p.size}")
-        if p.resize not in RESIZE_METHODS:
-            raise ContractError(f"preprocessing.resize {p.resize!r} is not one of {RESIZE_METHODS}")
-        if p.channels != "RGB":
-            raise ContractError(f"preprocessing.channels {p.channels!r}: only RGB is supported")
-        if not isinstance(p.jpeg_draft, bool):
-            raise ContractError(f"preprocessing.jpeg_draft must be true or false, got {p.jpeg_draft!r}")
+    def from_dict(cls, d: Any, origin: str = "metadata") -> Preprocessing:
+        """Validate a preprocessing block: every value must be one the runtime implements exactly.
+
+        A contract the runtime cannot honour (antialiased resizing, another JPEG IDCT, a normalization
+        outside the model, a reversed input range) is refused, never silently ignored: the runtime would
+        otherwise feed other pixels than training did and report confident wrong labels.
+        """
+        where = f"{origin}: preprocessing"
+        if not isinstance(d, dict):
+            raise ContractError(f"{where} must be a JSON object, got {type(d).__name__}")
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ContractError(f"{where} has fields this edgetune does not know: {unknown} (a newer edgetune wrote it?)")
+        if "size" not in d:
+            raise ContractError(f"{where}.size is missing: the model's input [height, width] must be stated")
+        size = d["size"]
+        if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) and v >= 1 for v in size)):
+            raise ContractError(f"{where}.size must be [height, width] in pixels, got {size!r}")
+        rng = d.get("input_range", [0.0, 255.0])
+        if not (isinstance(rng, list) and len(rng) == 2 and all(_is_number(v) for v in rng)):
+            raise ContractError(f"{where}.input_range must be [low, high], got {rng!r}")
+        if not rng[1] > rng[0]:
+            raise ContractError(f"{where}.input_range {rng} is reversed or empty: the high end must exceed the low end")
+        p = cls(size=(int(size[0]), int(size[1])), input_range=(float(rng[0]), float(rng[1])),
+                **{k: v for k, v in d.items() if k not in ("size", "input_range")})
+        supported = {"resize": RESIZE_METHODS, "channels": ("RGB",), "antialias": (False,),
+                     "jpeg_dct": ("INTEGER_ACCURATE",), "normalization": ("inside_model",)}
+        for name, allowed in supported.items():
+            value = getattr(p, name)
+            if type(value) is not type(allowed[0]) or value not in allowed:
+                raise ContractError(f"{where}.{name} = {value!r} is not supported by this runtime "
+                                    f"(it implements {', '.join(repr(a) for a in allowed)})")
+        for name in ("exif_orientation", "jpeg_draft"):
+            if not isinstance(getattr(p, name), bool):
+                raise ContractError(f"{where}.{name} must be true or false, got {getattr(p, name)!r}")
         return p
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
 
 
 @dataclass
@@ -93,13 +119,20 @@ class TensorSpec:
     zero_point: int | None = None
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TensorSpec:
-        return cls(
-            shape=[int(v) for v in d.get("shape", [])],
-            dtype=str(d.get("dtype", "float32")),
-            scale=None if d.get("scale") is None else float(d["scale"]),
-            zero_point=None if d.get("zero_point") is None else int(d["zero_point"]),
-        )
+    def from_dict(cls, d: Any, where: str = "tensor") -> TensorSpec:
+        if not isinstance(d, dict):
+            raise ContractError(f"{where} must be a JSON object, got {type(d).__name__}")
+        shape, dtype = d.get("shape", []), d.get("dtype", "float32")
+        if not (isinstance(shape, list) and all(_is_int(v) for v in shape)):
+            raise ContractError(f"{where}.shape must be a list of integers, got {shape!r}")
+        if not isinstance(dtype, str):
+            raise ContractError(f"{where}.dtype must be a string, got {dtype!r}")
+        scale, zero = d.get("scale"), d.get("zero_point")
+        if scale is not None and not _is_number(scale):
+            raise ContractError(f"{where}.scale must be a number or null, got {scale!r}")
+        if zero is not None and not _is_int(zero):
+            raise ContractError(f"{where}.zero_point must be an integer or null, got {zero!r}")
+        return cls(shape=list(shape), dtype=dtype, scale=None if scale is None else float(scale), zero_point=zero)
 
 
 @dataclass
@@ -151,17 +184,24 @@ class ModelMetadata:
             raise ContractError(f"{origin}: 'labels' must be a list of at least two non-empty names")
         if len(set(labels)) != len(labels):
             raise ContractError(f"{origin}: duplicate labels {labels}")
-        kind = d.get("output_kind", "binary_logit")
+        if "output_kind" not in d:
+            raise ContractError(f"{origin}: output_kind is missing (one of {OUTPUT_KINDS}): how to read the model's output")
+        kind = d["output_kind"]
         if kind not in OUTPUT_KINDS:
             raise ContractError(f"{origin}: output_kind {kind!r} is not one of {OUTPUT_KINDS}")
         if kind == "binary_logit" and len(labels) != 2:
             raise ContractError(f"{origin}: binary_logit output needs exactly 2 labels, got {len(labels)}")
         known = {"schema", "labels", "preprocessing", "input", "output", "output_kind", "preset", "source", "versions"}
+        if "preprocessing" not in d:
+            raise ContractError(f"{origin}: preprocessing is missing: how images become the model's input must be stated")
+        for key in ("source", "versions"):
+            if not isinstance(d.get(key, {}), dict):
+                raise ContractError(f"{origin}: {key} must be a JSON object, got {type(d[key]).__name__}")
         return cls(
             labels=list(labels),
-            preprocessing=Preprocessing.from_dict(d.get("preprocessing", {})),
-            input=TensorSpec.from_dict(d.get("input", {})),
-            output=TensorSpec.from_dict(d.get("output", {})),
+            preprocessing=Preprocessing.from_dict(d["preprocessing"], origin),
+            input=TensorSpec.from_dict(d.get("input", {}), f"{origin}: input"),
+            output=TensorSpec.from_dict(d.get("output", {}), f"{origin}: output"),
             output_kind=kind,
             preset=str(d.get("preset", "keras")),
             source=dict(d.get("source", {})),
@@ -191,8 +231,8 @@ def read_metadata(path: str | os.PathLike) -> ModelMetadata:
     if not json_path.is_file():
         raise ContractError(f"no metadata file {json_path} beside {p}")
     try:
-        data = json.loads(json_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        data = json.loads(json_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ContractError(f"{json_path}: not readable JSON ({exc})") from exc
     return ModelMetadata.from_dict(data, origin=str(json_path))
 
