@@ -12,7 +12,7 @@ from edgetune._config import opt
 def parse_threads(spec: str, cores: int | None = None) -> list[int]:
     """'1,2,all' -> [1, 2, cores] (deduplicated, sorted); 'all' is every core this process may use."""
     if cores is None:
-        from edgetune.runtime._backends import default_threads
+        from edgetune.runtime import default_threads
 
         cores = default_threads()
     out = set()
