@@ -149,9 +149,9 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], path: Path) -> Path:
 
 def _plots(rows: Sequence[dict[str, Any]], out_dir: Path) -> tuple[list[Path], str]:
     """The two plots, or none and a note where matplotlib is missing (a Pi's lean install)."""
-    import importlib.util
-
-    if importlib.util.find_spec("matplotlib") is None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
         return [], "Plots need matplotlib (pip install matplotlib, or the [train] extra); the tables above hold the same numbers."
     return [plot_latency(rows, out_dir / "latency.png"), plot_tradeoff(rows, out_dir / "accuracy_latency_size.png")], ""
 
@@ -166,8 +166,9 @@ def compare_report(results: Sequence[dict[str, Any]], out: str | os.PathLike, ba
     """
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for res in results:
-        check_baseline(res, baseline)
+    if baseline != "keras predict":  # the default: devices without Keras rows simply get no speed-up column
+        for res in results:
+            check_baseline(res, baseline)
     rows = merge_rows(results, baseline, threads)
     plots, plot_note = _plots(rows, out_dir)
     lines = ["## Devices", ""] + [f"- {environment_line(r['device'])}" for r in results] + [""]

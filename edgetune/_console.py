@@ -17,7 +17,7 @@ import sys
 import threading
 
 NATIVE_LOG = re.compile(
-    rb"^(?:[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+\s+\S+:\d+\]"  # absl / glog records: I0000 00:00:17.123 4242 file.cc:31]
+    rb"^(?:[IWEF]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+\s+\S+:\d+\]"  # absl / glog records: I0000 00:00:17.123 4242 file.cc:31]
     rb"|WARNING: All log messages before absl::InitializeLog\(\) is called"
     rb"|To enable the following instructions:"
     rb"|INFO: Created TensorFlow Lite XNNPACK delegate"

@@ -211,6 +211,7 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     from edgetune.report import pipeline_report
 
     out = Path(cfg.out)
+    _check_out(cfg, out)
     run = _train_stage(cfg, out)
     _convert_stage(cfg, run)
     if not any(p.suffix in (".tflite", ".onnx") for p in (run / "export").glob("*")):
@@ -229,6 +230,16 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     for line in result.problems:
         _log(line)
     return result
+
+
+def _check_out(cfg: PipelineConfig, out: Path) -> None:
+    """Refuse a bad --out before anything is written (the --quick data subset lives beside it)."""
+    if is_complete(out, "run") or out.with_name(out.name + ".partial").is_dir():
+        check_output(out, "run", inputs=[cfg.data], force=True)  # ours: reused, resumed or (with --force) replaced
+    else:
+        check_output(out, "run", inputs=[cfg.data], force=cfg.force)
+    if cfg.quick:
+        check_output(out.with_name(out.name + ".quick-data"), "quick-data", inputs=[cfg.data], force=True)
 
 
 def _reproduce(cfg: PipelineConfig, run: Path) -> str:
