@@ -130,10 +130,12 @@ def read_reference(run_dir: str | os.PathLike, split: str = "heldout") -> tuple[
     meta = read_metadata(run / "metadata.json")
     files = [_rel(p, meta.source.get("data_root")) for p, _ in read_split(run, split)]
     if info.get("files") != files or len(probs) != len(files):
-        raise ContractError(f"{npy}: computed on other files than {run}/splits/{split}.txt; recompute it (edgetune bench --reference)")
+        raise ContractError(f"{npy}: computed on other files than {run}/splits/{split}.txt; recompute it with "
+                            "`edgetune bench RUN --reference recompute`")
     model_sha = meta.source.get("sha256")
     if model_sha and info.get("model_sha256") and model_sha != info["model_sha256"]:
-        raise ContractError(f"{npy}: computed for another model.keras than this run's; recompute it")
+        raise ContractError(f"{npy}: computed for another model.keras than this run's; recompute it with "
+                            "`edgetune bench RUN --reference recompute`")
     return probs, info
 
 

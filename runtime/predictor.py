@@ -244,8 +244,8 @@ class Predictor:
             np.add(tmp, self._b, out=tmp)
         if not self._integer_input:
             return tmp if self._in_dtype == np.float32 else tmp.astype(self._in_dtype)  # float16 ONNX input
-        if self._clip[0] < 0:  # unsigned: after clipping to >= 0 the cast truncates, which is floor
-            np.floor(tmp, out=tmp)
+        if self._clip[0] < 0:  # signed (int8): negative values truncate toward zero, so floor explicitly;
+            np.floor(tmp, out=tmp)  # for unsigned inputs, clipping to >= 0 first makes the cast's truncation a floor
         np.clip(tmp, *self._clip, out=tmp)
         # astype, not copyto(casting="unsafe"): numpy's float->int copyto path is ~15x slower.
         return tmp.astype(self._in_dtype)
