@@ -112,28 +112,39 @@ def _axis_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, 
     return lower, upper, lerp
 
 
-def _corners(rows: np.ndarray, x0: np.ndarray, x1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Left and right source pixels of every output column of `rows` (R, W, C), as float32 (R, out_w, C).
+def _rows_as_pixels(image: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The selected rows of a uint8 (H, W, 3|4) image as one uint32 per pixel (R, W), bytes in memory order.
 
-    uint8 RGB(A) pixels are gathered as one uint32 each: numpy's take has fast paths for 1/2/4/8/16-byte
-    items and falls back to a per-item memmove for 3- or 12-byte ones (5-10x slower). Channels are
-    moved one at a time (long strided loops; a (..., 3) slice copy loops 3 items at a time). Converting
-    after the gather is exact (uint8 -> float32), so the result equals converting first.
+    numpy's gathers are fast for 4-byte items and slow for 3-byte ones. For RGB, each uint32 reads the
+    pixel's 3 bytes plus the first byte of the next pixel (ignored later): an overlapping, unaligned
+    view of a copy of the rows with one spare byte at the end, so the last read stays inside it.
     """
-    r, w, c = rows.shape
-    if rows.dtype != np.uint8 or c not in (3, 4):
-        rows = rows.astype(np.float32)
+    h, w, c = image.shape
+    if c == 4:
+        return np.ascontiguousarray(image[rows]).view(np.uint32).reshape(len(rows), w)
+    n = len(rows) * w * 3
+    buf = np.empty(n + 1, np.uint8)
+    np.take(np.ascontiguousarray(image).reshape(h, w * 3), rows, axis=0, out=buf[:n].reshape(len(rows), w * 3))
+    return np.ndarray((len(rows), w), dtype=np.uint32, buffer=buf, strides=(w * 3, 3))
+
+
+def _corners(image: np.ndarray, rows: np.ndarray, x0: np.ndarray, x1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Left and right source pixels of every output column in the given `rows`, float32 (R, out_w, C).
+
+    Converting after the gather is exact (uint8 -> float32), so the result equals converting first.
+    Channels are unpacked one at a time (long strided loops; a (..., 3) copy loops 3 items at a time).
+    """
+    c = image.shape[2]
+    if image.dtype != np.uint8 or c not in (3, 4):
+        sel = image[rows].astype(np.float32)
         # np.take keeps C order (fancy indexing on axis 1 would not, and every later pass would be slow).
-        return np.take(rows, x0, axis=1), np.take(rows, x1, axis=1)
-    rgbx = np.empty((r * w, 4), np.uint8)
-    src = rows.reshape(r * w, c)
-    for k in range(c):
-        rgbx[:, k] = src[:, k]
-    packed = rgbx.view(np.uint32).reshape(r, w)
+        return np.take(sel, x0, axis=1), np.take(sel, x1, axis=1)
+    pixels = _rows_as_pixels(image, rows)
     out = []
     for x in (x0, x1):
-        gathered = np.take(packed, x, axis=1).view(np.uint8).reshape(-1, 4)
-        f = np.empty((r, len(x), c), np.float32)
+        # Fancy indexing on axis 1 returns Fortran order; one small copy makes it C order for the views below.
+        gathered = np.ascontiguousarray(pixels[:, x]).view(np.uint8).reshape(-1, 4)
+        f = np.empty((len(rows), len(x), c), np.float32)
         flat = f.reshape(-1, c)
         for k in range(c):
             flat[:, k] = gathered[:, k]
@@ -162,19 +173,22 @@ def resize_bilinear(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
     in_h, in_w = image.shape[:2]
     y0, y1, wy = _axis_weights(in_h, out_h)
     x0, x1, wx = _axis_weights(in_w, out_w)
-    top, top_r = _corners(image[y0], x0, x1)
-    bottom, bot_r = _corners(image[y1], x0, x1)
-    wx = wx[None, :, None]
-    # In place, same operations and order as TF (float addition is commutative, so tl + d == d + tl).
-    top_r -= top
-    top_r *= wx
-    top += top_r
-    bot_r -= bottom
-    bot_r *= wx
-    bottom += bot_r
-    bottom -= top
-    bottom *= wy[:, None, None]
-    top += bottom
+    top, top_r = _corners(image, y0, x0, x1)
+    bottom, bot_r = _corners(image, y1, x0, x1)
+    c = top.shape[2]
+    # In place on (out_h, out_w * C) views, so weights broadcast along long rows (not 3-item loops); the
+    # operations and their order are TF's (float addition is commutative: tl + d == d + tl).
+    t, tr, b, br = (a.reshape(out_h, out_w * c) for a in (top, top_r, bottom, bot_r))
+    wx = np.repeat(wx, c)
+    tr -= t
+    tr *= wx
+    t += tr
+    br -= b
+    br *= wx
+    b += br
+    b -= t
+    b *= wy[:, None]
+    t += b
     return top
 
 
