@@ -311,8 +311,9 @@ def _image_path_note(row: dict[str, Any]) -> str:
     if row["mode"] == "e2e" and x.get("decode_resize_p50_ms") is not None:  # results written before the split
         return f"decode+resize p50 {x['decode_resize_p50_ms']:.2f} ms, {row['threads']} threads"
     if row["mode"] == "throughput" and x.get("sequential_ips") and row.get("throughput_ips"):
-        return (f"{row['throughput_ips']:.0f} img/s decoding in {x['decode_workers']} threads vs {x['sequential_ips']:.0f} "
-                f"one at a time ({x['speedup']:.2f}x), {row['threads']} threads")
+        w = x["decode_workers"]
+        return (f"{row['throughput_ips']:.0f} img/s decoding in {w} thread{'s' if w != 1 else ''} vs "
+                f"{x['sequential_ips']:.0f} one at a time ({x['speedup']:.2f}x), {row['threads']} interpreter threads")
     return ""
 
 

@@ -140,3 +140,18 @@ def test_predict_with_decode_threads_matches_one_thread(tmp_path, capsys):
     p = Predictor.from_path(MODEL)
     files = sorted(str(f) for f in folder.glob("*.jpg") if f.name != "05.jpg")
     assert np.array_equal(p.predict_files(files, decode_workers=2), p.predict_files(files, decode_workers=0))
+
+
+def test_bench_rows_break_file_to_label_down_and_time_folder_throughput():
+    from edgetune.benchmarks.latency import Timing, bench_model
+    from edgetune.benchmarks.results import latency_table
+
+    images = sorted(str(p) for p in (ROOT / "tests" / "fixtures" / "images").iterdir())
+    rows = bench_model(MODEL, [1], Timing(warmup=1, min_runs=3, min_time_s=0.01), e2e_files=images, decode_workers=2)
+    by_mode = {r.mode: r for r in rows}
+    e2e, tp = by_mode["e2e"], by_mode["throughput"]
+    assert all(e2e.extra[f"{k}_p50_ms"] > 0 for k in ("decode", "resize", "inference")) and e2e.extra["jpeg_draft"] is False
+    assert tp.status == "ok" and tp.throughput_ips > 0 and tp.extra["sequential_ips"] > 0
+    assert tp.extra["decode_workers"] == 2 and tp.extra["passes"] >= 3 and tp.p50_ms <= tp.p99_ms
+    table = latency_table({"latency": [r.to_dict() for r in rows]})
+    assert "(folder throughput)" in table and "decoding in 2 threads" in table and "p50 decode" in table
