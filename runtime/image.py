@@ -122,9 +122,11 @@ def _rows_as_pixels(image: np.ndarray, rows: np.ndarray) -> np.ndarray:
     h, w, c = image.shape
     if c == 4:
         return np.ascontiguousarray(image[rows]).view(np.uint32).reshape(len(rows), w)
+    if not image.flags.c_contiguous:  # e.g. a channel slice of a 4-channel camera frame: copy only these rows
+        image, rows, h = np.ascontiguousarray(image[rows]), np.arange(len(rows)), len(rows)
     n = len(rows) * w * 3
     buf = np.empty(n + 1, np.uint8)
-    np.take(np.ascontiguousarray(image).reshape(h, w * 3), rows, axis=0, out=buf[:n].reshape(len(rows), w * 3))
+    np.take(image.reshape(h, w * 3), rows, axis=0, out=buf[:n].reshape(len(rows), w * 3))
     return np.ndarray((len(rows), w), dtype=np.uint32, buffer=buf, strides=(w * 3, 3))
 
 
