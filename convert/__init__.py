@@ -1,4 +1,4 @@
-"""edgetune.convert: TFLite (fp32, fp16, dynamic, int8, QAT, pruned) and ONNX (fp32, dynamic, int8) exports.
+"""edgetune.convert: TFLite (fp32, fp16, dynamic, int8, accuracy-controlled int8, QAT, pruned) and ONNX exports.
 
 Lazy exports (PEP 562): the preset registry and the config import without TensorFlow.
 """
@@ -14,9 +14,11 @@ _EXPORTS = {
     "Preset": "edgetune.convert.presets",
     "resolve": "edgetune.convert.presets",
     "convert_run": "edgetune.convert.exporter",
-    "parity": "edgetune.convert.exporter",
-    "summary_table": "edgetune.convert.exporter",
     "ExportRow": "edgetune.convert.exporter",
+    "summary_table": "edgetune.convert.report",
+    "problems": "edgetune.convert.report",
+    "done_presets": "edgetune.convert.report",
+    "write_flips_sheet": "edgetune.convert.flips",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -11,12 +11,13 @@ the rebuild against the Keras 3 logits, and leaves the preprocessing layer unann
 JOB.json: {"spec": {...}, "weights": npz, "train_x": npy, "train_y": npy, "calibration": npy,
 "check_x": npy, "check_logits": npy, "outputs": {"qat_int8"|"pruned_dynamic"|"pruned_int8": path},
 "qat_epochs", "qat_learning_rate", "sparsity", "prune_epochs", "prune_learning_rate", "prune_min_weights",
-"seed", "report": path}
+"seed", "distill" (fit the float model's probabilities instead of train_y), "report": path}
 report: {"rebuild_max_abs_diff", "qat": {...}, "prune": {...}} (one part per fine-tune that ran)
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
@@ -68,12 +69,38 @@ def freeze_batchnorm(model: tfk.Model) -> int:
     return frozen
 
 
-def compile_for(model: tfk.Model, spec: dict, lr: float) -> None:
-    if spec["units"] == 1:
+def compile_for(model: tfk.Model, spec: dict, lr: float, distill: bool) -> None:
+    """RMSprop on the labels, or (distill) on the float model's probabilities with top-1 agreement as the metric."""
+    binary = spec["units"] == 1
+    if distill:
+        loss = tfk.losses.BinaryCrossentropy(from_logits=True) if binary else tfk.losses.CategoricalCrossentropy(from_logits=True)
+
+        def agreement(y_true, y_pred):
+            if binary:
+                same = tf.equal(y_true > 0.5, y_pred > 0.0)
+            else:
+                same = tf.equal(tf.argmax(y_true, -1), tf.argmax(y_pred, -1))
+            return tf.reduce_mean(tf.cast(same, tf.float32))
+
+        metric = agreement
+    elif binary:
         loss, metric = tfk.losses.BinaryCrossentropy(from_logits=True), tfk.metrics.BinaryAccuracy(threshold=0.0, name="accuracy")
     else:
         loss, metric = tfk.losses.SparseCategoricalCrossentropy(from_logits=True), tfk.metrics.SparseCategoricalAccuracy(name="accuracy")
     model.compile(optimizer=tfk.optimizers.RMSprop(lr), loss=loss, metrics=[metric])
+
+
+def teacher_targets(float_model: tfk.Model, x: np.ndarray, spec: dict) -> np.ndarray:
+    """The float model's probabilities on the fine-tune images: the targets when distilling.
+
+    Agreement with the float model is what the export is judged on; fitting its probabilities rather
+    than the labels keeps the fine-tune from drifting towards a different (even if as accurate) model.
+    """
+    logits = float_model.predict(x, batch_size=64, verbose=0).astype(np.float64)
+    if spec["units"] == 1:
+        return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def to_tflite(model: tfk.Model, calibration: np.ndarray | None, full_integer: bool) -> bytes:
@@ -171,13 +198,28 @@ class DepthwiseChannelQuantizer(tfmot.quantization.keras.quantizers.LastValueQua
         return {}  # every setting is fixed in __init__
 
 
+class PerChannelDepthwiseRegistry(tfmot.quantization.keras.default_8bit.Default8BitQuantizeRegistry):
+    """The default 8-bit registry, except that DepthwiseConv2D kernels get `DepthwiseChannelQuantizer`.
+
+    Going through the registry (public `QuantizeRegistry.get_quantize_config`) rather than annotating
+    the depthwise layers with a custom `quantize_config` matters: tfmot's layout transforms skip the
+    Conv+BatchNorm+ReLU folding pattern for any layer that carries a custom config, which would put
+    fake-quant ops between the depthwise conv and its BatchNorm, a graph TFLite never runs.
+    """
+
+    def get_quantize_config(self, layer):
+        config = super().get_quantize_config(layer)
+        if isinstance(layer, tfk.layers.DepthwiseConv2D):
+            config = copy.copy(config)  # the registry hands out shared configs: change a copy only
+            config.weight_quantizer = DepthwiseChannelQuantizer()
+        return config
+
+
 class PerChannelDepthwiseScheme(tfmot.quantization.keras.default_8bit.Default8BitQuantizeScheme):
     """The default 8-bit scheme with DepthwiseConv2D kernels quantized per channel."""
 
     def get_quantize_registry(self):
-        registry = super().get_quantize_registry()
-        registry._layer_quantize_map[tfk.layers.DepthwiseConv2D].weight_quantizer = DepthwiseChannelQuantizer()
-        return registry
+        return PerChannelDepthwiseRegistry()
 
 
 def quantize_model(float_model: tfk.Model, calibration: np.ndarray) -> tuple[tfk.Model, int]:
@@ -204,7 +246,7 @@ def quantize_model(float_model: tfk.Model, calibration: np.ndarray) -> tuple[tfk
 
 def qat(job: dict, float_model: tfk.Model, x, y, calibration) -> dict:
     model, n_ranges = quantize_model(float_model, calibration)
-    compile_for(model, job["spec"], job["qat_learning_rate"])
+    compile_for(model, job["spec"], job["qat_learning_rate"], job.get("distill", False))
     t0 = time.perf_counter()
     hist = model.fit(x, y, batch_size=32, epochs=job["qat_epochs"], shuffle=True, verbose=2)
     seconds = time.perf_counter() - t0
@@ -239,7 +281,7 @@ def prune(job: dict, float_model: tfk.Model, x, y, calibration) -> dict:
 
     model = tfk.models.clone_model(float_model, clone_function=wrap)
     freeze_batchnorm(model)
-    compile_for(model, job["spec"], job["prune_learning_rate"])
+    compile_for(model, job["spec"], job["prune_learning_rate"], job.get("distill", False))
     t0 = time.perf_counter()
     model.fit(x, y, batch_size=32, epochs=job["prune_epochs"], shuffle=True, verbose=2,
               callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
@@ -275,6 +317,8 @@ def main(job_path: str) -> int:
     x, y = np.load(job["train_x"], mmap_mode="r"), np.load(job["train_y"])
     calibration = np.load(job["calibration"])
     report: dict = {"rebuild_max_abs_diff": diff}
+    if job.get("distill"):
+        y = teacher_targets(float_model, np.asarray(x), spec)
     if "qat_int8" in job["outputs"]:
         report["qat"] = qat(job, float_model, np.asarray(x), y, calibration)
     if any(k.startswith("pruned") for k in job["outputs"]):

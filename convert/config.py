@@ -16,19 +16,34 @@ class ConvertConfig:
     run: Path | None = opt("run dir of `edgetune train` (or a model.keras with metadata.json beside it)", None, cli=False)
     preset: str = opt("comma-separated preset names, or all (see --list)", "all")
     calibration_images: int = opt("training images used to calibrate int8 ranges (seeded sample of the train split)", 200)
+    calibration_sampling: str = opt("how calibration images are drawn from the train split: stratified (as even across "
+                                    "classes as they allow) or random", "stratified", choices=("stratified", "random"))
     qat_epochs: int = opt("quantization-aware fine-tuning epochs (tflite_qat_int8)", 1)
     qat_learning_rate: float = opt("learning rate of the quantization-aware fine-tune (RMSprop)", 1e-5)
     qat_images: int = opt("training images used by QAT and pruning fine-tunes (0: the whole train split)", 0)
+    qat_min_steps: int = opt("QAT runs at least this many steps of 32 images: --qat-epochs grows on small data sets", 100)
+    prune_min_steps: int = opt("pruning runs at least this many steps of 32 images: --prune-epochs grows on small "
+                               "data sets (the pruned network needs steps to recover, whatever the data size)", 300)
+    distill: bool = opt("QAT and pruning fit the Keras model's probabilities on the training images (distillation) "
+                        "instead of the labels: agreement with Keras is what the exports are judged on", True)
     sparsity: float = opt("target weight sparsity of the pruned presets", 0.5)
     prune_epochs: int = opt("fine-tuning epochs while pruning (sparsity ramps up over the first 70% of the steps)", 2)
     prune_learning_rate: float = opt("learning rate while pruning (RMSprop)", 1e-4)
     prune_min_weights: int = opt("layers with fewer weights stay dense (first conv, classifier, early 1x1 convs: "
                                  "about 3% of MobileNetV2's weights and the most sensitive)", 16384)
-    int8_floor: float = opt("minimum top-1 agreement with Keras for integer presets", 0.98)
-    float_floor: float = opt("minimum top-1 agreement with Keras for float presets", 0.995)
-    pruned_floor: float = opt("minimum top-1 agreement with Keras for pruned presets: pruning retrains the weights, "
-                              "so they are judged by accuracy (see the report) and a looser agreement floor", 0.95)
-    parity_images: int = opt("test-split images used for the parity check (0: all)", 0)
+    max_drop: float = opt("accuracy budget: largest accuracy drop vs Keras on the held-out images, in percentage "
+                          "points (the same budget as bench's --max-drop)", 0.5)
+    int8_floor: float = opt("top-1 agreement with Keras an integer preset must reach with 95% confidence", 0.97)
+    float_floor: float = opt("top-1 agreement with Keras a float preset must reach with 95% confidence "
+                             "(outputs equal to Keras within 1e-3 pass outright)", 0.98)
+    pruned_floor: float = opt("top-1 agreement with Keras a pruned preset must reach with 95% confidence: pruning "
+                              "retrains the weights, so they are judged by accuracy and a looser agreement floor", 0.93)
+    parity_images: int = opt("held-out images used for the parity check, a seeded sample of splits/val.txt + "
+                             "splits/test.txt (0: all of them)", 0)
+    ac_min_agreement: float = opt("tflite_int8_ac keeps layers in float until its measured top-1 agreement reaches "
+                                  "this and its drop is within --max-drop", 0.99)
+    ac_max_float_layers: int = opt("tflite_int8_ac keeps at most this many layers in float", 16)
+    worker_timeout: float = opt("seconds before the QAT/pruning worker or the ONNX export is stopped (0: no limit)", 7200.0)
     seed: int = opt("seed of the calibration sample and of the QAT and pruning fine-tunes", 0)
 
     def validate(self) -> None:
@@ -37,10 +52,15 @@ class ConvertConfig:
             (self.qat_epochs >= 1, f"--qat-epochs must be >= 1, got {self.qat_epochs}"),
             (self.qat_learning_rate > 0, f"--qat-learning-rate must be > 0, got {self.qat_learning_rate}"),
             (self.qat_images >= 0, f"--qat-images must be >= 0, got {self.qat_images}"),
+            (self.qat_min_steps >= 0 and self.prune_min_steps >= 0, "--qat-min-steps and --prune-min-steps must be >= 0"),
             (0 < self.sparsity < 1, f"--sparsity must be in (0, 1), got {self.sparsity}"),
             (self.prune_epochs >= 1, f"--prune-epochs must be >= 1, got {self.prune_epochs}"),
             (self.prune_learning_rate > 0, f"--prune-learning-rate must be > 0, got {self.prune_learning_rate}"),
-            (all(0 <= f <= 1 for f in (self.int8_floor, self.float_floor, self.pruned_floor)), "agreement floors must be in [0, 1]"),
+            (all(0 <= f <= 1 for f in (self.int8_floor, self.float_floor, self.pruned_floor, self.ac_min_agreement)),
+             "agreement floors (--int8-floor, --float-floor, --pruned-floor, --ac-min-agreement) must be in [0, 1]"),
+            (self.max_drop >= 0, f"--max-drop must be >= 0 points, got {self.max_drop}"),
+            (self.ac_max_float_layers >= 1, f"--ac-max-float-layers must be >= 1, got {self.ac_max_float_layers}"),
+            (self.worker_timeout >= 0, f"--worker-timeout must be >= 0 seconds, got {self.worker_timeout}"),
             (self.prune_min_weights >= 0, f"--prune-min-weights must be >= 0, got {self.prune_min_weights}"),
             (self.parity_images >= 0, f"--parity-images must be >= 0, got {self.parity_images}"),
         ]

@@ -8,22 +8,31 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from onnxruntime.quantization import CalibrationDataReader
 
 OPSET = 17
 
 
-def to_onnx(saved_model: Path, out: Path) -> None:
-    """tf2onnx in a subprocess: its graph rewrites and logging stay out of this process."""
+def to_onnx(saved_model: Path, out: Path, timeout: float | None = None) -> None:
+    """tf2onnx in a subprocess: its graph rewrites and logging stay out of this process.
+
+    Raises:
+        RuntimeError: tf2onnx failed or ran past `timeout` seconds (stopped then).
+    """
     cmd = [sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(saved_model), "--output", str(out),
            "--opset", str(OPSET), "--signature_def", "serving_default"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        out.unlink(missing_ok=True)
+        raise RuntimeError(f"tf2onnx ran past --worker-timeout {timeout:g} s and was stopped") from None
     if proc.returncode != 0 or not out.is_file():
         tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
         raise RuntimeError(f"tf2onnx failed (exit {proc.returncode}): {tail}")
 
 
-class _Reader:
-    """onnxruntime CalibrationDataReader over preprocessed training images (raw 0..255 float32)."""
+class ImageReader(CalibrationDataReader):
+    """ONNX Runtime's calibration feed over preprocessed training images (raw 0..255 float32), one at a time."""
 
     def __init__(self, input_name: str, images: np.ndarray):
         self.input_name, self.images, self.i = input_name, images, 0
@@ -48,7 +57,7 @@ def quantize_static_qdq(fp32: Path, out: Path, calibration: np.ndarray) -> None:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32), str(pre))  # shape inference + graph cleanup first (needs sympy)
         input_name = ort.InferenceSession(str(pre), providers=["CPUExecutionProvider"]).get_inputs()[0].name
-        quantize_static(str(pre), str(out), _Reader(input_name, calibration), quant_format=QuantFormat.QDQ,
+        quantize_static(str(pre), str(out), ImageReader(input_name, calibration), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax)
 

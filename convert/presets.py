@@ -24,6 +24,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("tflite_fp16", ".tflite", False, "TFLite float16 weights (half the size), float compute on CPU"),
     Preset("tflite_dynamic", ".tflite", True, "TFLite dynamic range: int8 weights, float activations, no calibration"),
     Preset("tflite_int8", ".tflite", True, "TFLite full integer int8 (calibrated), float input and output"),
+    Preset("tflite_int8_ac", ".tflite", True, "TFLite int8, accuracy-controlled: the fewest most sensitive layers kept "
+           "in float until agreement >= --ac-min-agreement and drop <= --max-drop"),
     Preset("tflite_int8_uint8io", ".tflite", True, "TFLite full integer int8 with uint8 input/output, for raw camera bytes"),
     Preset("tflite_qat_int8", ".tflite", True, "quantization-aware fine-tune (tfmot), then full integer int8 TFLite"),
     Preset("tflite_pruned_dynamic", ".tflite", True, "magnitude pruning to --sparsity (tfmot), then dynamic range TFLite", pruned=True),

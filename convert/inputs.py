@@ -1,0 +1,140 @@
+"""What every preset shares: the run's model and metadata, calibration images, held-out images and Keras's answers.
+
+Images are decoded by the runtime's decoder (`edgetune.runtime.load_and_preprocess`), the code a
+Raspberry Pi runs, so parity measures the conversion and nothing else. Parity uses every held-out
+image the run has (splits/val.txt and splits/test.txt): agreement needs no labels, and 1,000 images
+tell a 99% export from a 97% one where the 200 of a test split cannot.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgetune import UserError
+from edgetune.contract import ModelMetadata, read_metadata, read_split
+from edgetune.convert.config import ConvertConfig
+
+HELD_OUT = ("val", "test")
+
+
+@dataclass
+class Inputs:
+    """Everything the presets share: the model, its metadata, calibration and parity data."""
+
+    run: Path
+    model_file: Path
+    meta: ModelMetadata
+    saved_model: Path
+    keras_model: object
+    calibration: np.ndarray
+    heldout_x: np.ndarray
+    """(N, H, W, 3) raw 0..255 held-out images: val then test split."""
+    heldout_y: np.ndarray
+    heldout_files: list[str]
+    heldout_splits: list[str]
+    """Split files the held-out images come from (e.g. ['splits/val.txt', 'splits/test.txt'])."""
+    keras_probs: np.ndarray
+    train_items: list
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.meta.labels)
+
+
+def sample(items: list, n: int, seed: int, stratified: bool = False) -> list:
+    """A seeded sample of n items (all when n <= 0 or n >= len); stratified: as even across labels as they allow."""
+    if n <= 0 or n >= len(items):
+        return list(items)
+    rng = np.random.default_rng(seed)
+    if not stratified:
+        return [items[i] for i in np.sort(rng.choice(len(items), n, replace=False))]
+    labels = np.array([label for _, label in items])
+    pools = {c: list(rng.permutation(np.flatnonzero(labels == c))) for c in np.unique(labels)}
+    chosen: list[int] = []
+    while len(chosen) < n:  # round robin over the classes: small classes give all they have, the rest fill up
+        for c in list(pools):
+            if pools[c] and len(chosen) < n:
+                chosen.append(int(pools[c].pop()))
+    return [items[i] for i in sorted(chosen)]
+
+
+def load_items(items: Sequence[tuple[Path, int]], meta: ModelMetadata, split: str, desc: str) -> np.ndarray:
+    """Decode (path, label) items with the runtime's decoder; a missing or broken file is one clear line."""
+    from edgetune._progress import progress_bar
+    from edgetune.runtime import ImageError, load_and_preprocess
+
+    size = tuple(meta.preprocessing.size)
+    out = np.empty((len(items), size[0], size[1], 3), np.float32)
+    for i, (path, _) in enumerate(progress_bar(items, total=len(items), desc=desc, unit="img")):
+        try:
+            out[i] = load_and_preprocess(path, size, meta.preprocessing.exif_orientation)
+        except ImageError as exc:
+            gone = not Path(path).exists()
+            what = "no longer exists" if gone else f"cannot be decoded ({exc})"
+            raise UserError(f"{path} (listed in the run's splits/{split}.txt) {what}: "
+                            f"{'restore it' if gone else 'replace it'} and convert again, or retrain on the data "
+                            "as it is now") from None
+    return out
+
+
+def _held_out(run: Path) -> tuple[list[tuple[Path, int]], list[str]]:
+    items, used = [], []
+    for split in HELD_OUT:
+        if (run / "splits" / f"{split}.txt").is_file():
+            part = read_split(run, split)
+            if part:
+                items += [(p, label, split) for p, label in part]
+                used.append(f"splits/{split}.txt")
+    if not items:
+        raise UserError(f"{run}/splits has no val.txt or test.txt with images: parity needs held-out images")
+    return items, used
+
+
+def _locate(cfg: ConvertConfig) -> tuple[Path, Path]:
+    if cfg.run is None:
+        raise UserError("give a run dir (or a model.keras with metadata.json beside it)")
+    path = Path(cfg.run)
+    if not path.exists():
+        raise UserError(f"{path} does not exist")
+    run = path if path.is_dir() else path.parent
+    return run, (path / "model.keras" if path.is_dir() else path)
+
+
+def prepare(cfg: ConvertConfig, tmp: Path) -> Inputs:
+    """Load the run: model, metadata, deployment SavedModel, calibration and held-out images, Keras's answers."""
+    from edgetune.runtime import probabilities
+    from edgetune.train.model import deployment_model, load_model
+
+    run, model_file = _locate(cfg)
+    meta = read_metadata(model_file)
+    if not (run / "splits" / "train.txt").is_file():
+        raise UserError(f"{run} has no splits/: convert needs the run's training (calibration) and held-out file lists")
+    model = load_model(model_file)
+    train_items = read_split(run, "train")
+    held, used = _held_out(run)
+    held = sample(held, cfg.parity_images, cfg.seed)
+    calib_items = sample(train_items, cfg.calibration_images, cfg.seed, stratified=cfg.calibration_sampling == "stratified")
+    if not calib_items:
+        raise UserError("the calibration set is empty: the run's train split has no images")
+    print(f"loading {len(calib_items)} calibration and {len(held)} held-out images", file=sys.stderr)
+    calibration = load_items(calib_items, meta, "train", "calibration")
+    heldout_x = np.concatenate([load_items([(p, y) for p, y, s in held if s == split], meta, split, split)
+                                for split in HELD_OUT])
+    deploy = deployment_model(model)
+    saved_model = run / "saved_model"
+    if not (saved_model / "saved_model.pb").is_file():  # a plain .keras file: export the deployment graph here
+        saved_model = tmp / "saved_model"
+        deploy.export(str(saved_model), verbose=False)
+    logits = np.concatenate([np.asarray(deploy(heldout_x[i:i + 64], training=False)) for i in range(0, len(heldout_x), 64)])
+    keras_probs = probabilities(logits, meta.output_kind)
+    if np.ptp(keras_probs) < 1e-6:
+        print("warning: the Keras model gives the same output for every held-out image; parity numbers will say little",
+              file=sys.stderr)
+    order = [s for split in HELD_OUT for s in held if s[2] == split]  # the order heldout_x was loaded in
+    return Inputs(run, model_file, meta, saved_model, model, calibration, heldout_x, np.array([y for _, y, _ in order]),
+                  [str(p) for p, _, _ in order], used, keras_probs, train_items)
