@@ -49,7 +49,10 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
     paths = find_images(args.images)
     if not paths:
-        raise UserError(f"no images found in {' '.join(args.images)} (looked for .jpg .jpeg .png .bmp .gif .webp)")
+        from edgetune.runtime.image import IMAGE_SUFFIXES, suffix_summary
+
+        found = "; ".join(f"{f}: {suffix_summary(f)}" for f in args.images if Path(f).is_dir())
+        raise UserError(f"no images found in {' '.join(args.images)} ({found or 'edgetune reads ' + ' '.join(IMAGE_SUFFIXES)})")
     k = min(cfg.top_k, len(predictor.labels))
     workers = default_decode_workers() if cfg.decode_workers is None else cfg.decode_workers
     results: list[dict] = []

@@ -1,12 +1,15 @@
-"""Image file -> float32 model input, exactly as training does it, with Pillow and numpy only.
+"""Image file -> float32 model input, with Pillow and numpy only: the one decoder of edgetune.
 
-The training side (`edgetune.train.data`) decodes with TensorFlow; this module reproduces that
-contract (`edgetune.contract.Preprocessing`) without it:
+Training (`edgetune.train.data`), `edgetune data check`, convert's calibration and the runtime on a
+Raspberry Pi all decode through `load_for_contract`, so training and deployment see identical pixels
+by construction. It applies the contract (`edgetune.contract.Preprocessing`):
 
-* decode with Pillow (libjpeg-turbo's default ISLOW IDCT = TF's `dct_method="INTEGER_ACCURATE"`;
-  PNG, BMP, GIF and WebP take their first frame, like `tf.io.decode_image(expand_animations=False)`);
+* decode with Pillow (libjpeg-turbo's default ISLOW IDCT = TF's `dct_method="INTEGER_ACCURATE"`);
+  every format in IMAGE_SUFFIXES, whatever the file is named (Pillow reads the content), animated
+  GIF, WebP and PNG take their first frame;
 * apply the EXIF orientation tag (`ImageOps.exif_transpose`);
-* convert grayscale, RGBA, CMYK and palette images to RGB (alpha is dropped, as TF's `channels=3`);
+* convert grayscale, 1-bit, RGBA, CMYK and palette images to RGB (palette indices become their
+  colours; alpha is dropped, as TF's `channels=3`); 16-bit images keep their high byte;
 * resize with `resize_bilinear`: TensorFlow's `tf.image.resize(method="bilinear", antialias=False)`
   re-implemented in numpy (half-pixel centers, float32 arithmetic in TF's order, no rounding);
 * keep values in 0..255: normalization lives inside the model.
@@ -16,14 +19,19 @@ from __future__ import annotations
 
 import functools
 import os
+import stat
+import sys
 from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from edgetune import UserError
+from edgetune.contract import Preprocessing
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".bmp", ".dib", ".gif", ".webp", ".tif", ".tiff",
+                  ".ppm", ".pgm", ".pbm", ".pnm", ".avif")
+"""Suffixes a folder walk picks up. Decoding goes by content: a TIFF named .jpg decodes as a TIFF."""
 
 
 class ImageError(UserError):
@@ -45,6 +53,7 @@ def load_image(path: str | os.PathLike, exif_orientation: bool = True, *, draft:
     Raises:
         ImageError: The file is missing, truncated or not a readable image.
     """
+    _require_regular_file(path)
     try:
         with Image.open(path) as img:
             if draft is not None:
@@ -54,8 +63,9 @@ def load_image(path: str | os.PathLike, exif_orientation: bool = True, *, draft:
             if exif_orientation:
                 img = ImageOps.exif_transpose(img)
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                # 16-bit PNG: TF's decode_png(dtype=uint8) keeps the high byte; Pillow's convert clips.
-                arr = np.asarray(img, dtype=np.uint32) >> 8
+                # 16-bit PNG/PGM/TIFF: keep the high byte (TF's decode_png(dtype=uint8) does the same);
+                # Pillow's convert would clip everything above 255 to white.
+                arr = np.minimum(np.asarray(img, dtype=np.int64) >> 8, 255).clip(0)
                 return np.repeat(arr.astype(np.uint8)[..., None], 3, axis=2)
             if img.mode != "RGB":
                 img = img.convert("RGB")
@@ -65,6 +75,26 @@ def load_image(path: str | os.PathLike, exif_orientation: bool = True, *, draft:
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         # Pillow reports truncated and foreign files as OSError/UnidentifiedImageError (an OSError).
         raise ImageError(f"{path}: not a readable image ({exc})") from exc
+
+
+def _require_regular_file(path: str | os.PathLike) -> None:
+    """Refuse FIFOs, sockets and devices before opening them: reading a FIFO blocks forever."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError as exc:
+        raise ImageError(f"{path}: no such file") from exc
+    except OSError as exc:
+        raise ImageError(f"{path}: not readable ({exc.strerror or exc})") from exc
+    if not stat.S_ISREG(mode):
+        raise ImageError(f"{path}: not a regular file ({_file_kind(mode)}), skipped")
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a plain file"
 
 
 EXIF_ORIENTATION_TAG = 0x0112
@@ -210,21 +240,89 @@ def load_and_preprocess(path: str | os.PathLike, size: Sequence[int], exif_orien
     return preprocess(load_image(path, exif_orientation, draft=size if draft else None), size)
 
 
+def load_for_contract(path: str | os.PathLike, preprocessing: Preprocessing) -> np.ndarray:
+    """One image file -> the model's float32 (height, width, 3) input in 0..255, as `preprocessing` says.
+
+    The one entry point training, data checks, convert and the runtime share: every contract field
+    that changes pixels is applied here (size, EXIF orientation, JPEG draft decoding), so a new field
+    reaches training and deployment together.
+
+    Raises:
+        ImageError: The file is missing, not a regular file, truncated or not a readable image.
+        ValueError: The contract asks for preprocessing this decoder does not implement.
+    """
+    if preprocessing.resize != "bilinear" or preprocessing.antialias or preprocessing.channels != "RGB":
+        raise ValueError(f"unsupported preprocessing: resize={preprocessing.resize!r}, antialias={preprocessing.antialias}, "
+                         f"channels={preprocessing.channels!r} (this decoder implements bilinear, no antialias, RGB)")
+    return load_and_preprocess(path, preprocessing.size, preprocessing.exif_orientation,
+                               draft=preprocessing.jpeg_draft)
+
+
+def walk_files(folder: str | os.PathLike, suffixes: Sequence[str] | None = IMAGE_SUFFIXES) -> tuple[list[str], list[str]]:
+    """Files under `folder` (recursively, sorted; hidden files and folders skipped) with one of `suffixes`.
+
+    Only regular files are returned: FIFOs, sockets, devices and broken links come back separately
+    (opening a FIFO blocks forever), so callers can warn about them (`warn_not_regular`).
+
+    Args:
+        folder: The folder to walk.
+        suffixes: Lower-case suffixes to keep; None keeps every file.
+
+    Returns:
+        (regular files, other entries that are not regular files), both sorted.
+    """
+    found, odd = [], []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for f in files:
+            if f.startswith(".") or (suffixes is not None and not f.lower().endswith(tuple(suffixes))):
+                continue
+            path = os.path.join(root, f)
+            try:
+                regular = stat.S_ISREG(os.stat(path).st_mode)
+            except OSError:  # a broken symbolic link, or a file that vanished
+                regular = False
+            (found if regular else odd).append(path)
+    return sorted(found), sorted(odd)
+
+
+def warn_not_regular(paths: Sequence[str | os.PathLike], where: str = "") -> None:
+    """One line on stderr listing entries skipped because they are not regular files (FIFOs, sockets, devices).
+
+    Printed, not a Python warning: it is meant for the person at the terminal, and must show even
+    where warnings are filtered.
+    """
+    if paths:
+        listing = ", ".join(os.fspath(p) for p in paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+        one = len(paths) == 1
+        print(f"edgetune: warning: {where + ': ' if where else ''}skipping {len(paths)} entr{'y' if one else 'ies'} that "
+              f"{'is' if one else 'are'} not a regular file (FIFO, socket, device or broken link): {listing}",
+              file=sys.stderr, flush=True)
+
+
+def suffix_summary(folder: str | os.PathLike) -> str:
+    """Which suffixes a folder holds and which edgetune reads: the message for a folder with no usable image."""
+    counts: dict[str, int] = {}
+    for path in walk_files(folder, None)[0]:
+        suffix = os.path.splitext(path)[1].lower() or "(none)"
+        counts[suffix] = counts.get(suffix, 0) + 1
+    found = ", ".join(f"{s} ({n})" for s, n in sorted(counts.items(), key=lambda kv: -kv[1])) or "no files"
+    return f"found {found}; edgetune reads {' '.join(IMAGE_SUFFIXES)}"
+
+
 def find_images(inputs: Sequence[str | os.PathLike]) -> list[str]:
     """Expand files and folders (recursively, sorted) into a list of image paths.
 
     Files named explicitly are kept whatever their suffix (a bad one gets its own error later);
-    folders contribute files with an image suffix only.
+    folders contribute regular files with an image suffix only (others are skipped with a warning).
     """
     out: list[str] = []
     for item in inputs:
         p = os.fspath(item)
         if os.path.isdir(p):
-            found = []
-            for root, dirs, files in os.walk(p):
-                dirs[:] = [d for d in dirs if not d.startswith(".")]
-                found += [os.path.join(root, f) for f in files if f.lower().endswith(IMAGE_SUFFIXES) and not f.startswith(".")]
-            out += sorted(found)
+            found, odd = walk_files(p)
+            warn_not_regular(odd, p)
+            out += found
         else:
             out.append(p)
     return out
