@@ -169,25 +169,25 @@ def _wanted_presets(cfg: PipelineConfig) -> list[str]:
 
 
 def converted(run: Path) -> dict[str, dict[str, Any]]:
-    """{preset: row} of the presets convert finished for this run (its convert_report.json), latest row wins."""
+    """{preset: row} of convert_report.json for this run (rows of presets whose files are still in place)."""
     import json
 
-    report = Path(run) / "export" / "convert_report.json"
     try:
-        rows = json.loads(report.read_text()).get("rows", [])
+        rows = json.loads((Path(run) / "export" / "convert_report.json").read_text()).get("rows", [])
     except (OSError, ValueError, AttributeError):
         return {}
-    return {r["preset"]: r for r in rows if isinstance(r, dict) and r.get("preset") and r.get("status") != "error"}
+    return {r["preset"]: r for r in rows if isinstance(r, dict) and r.get("preset")}
 
 
 def _convert_stage(cfg: PipelineConfig, run: Path) -> None:
-    from edgetune.convert import ConvertConfig, convert_run, summary_table
+    """Convert the wanted presets that are not done yet for this model.keras; ends with a one-line summary."""
+    from edgetune.convert import ConvertConfig, convert_run, done_presets
 
     wanted = _wanted_presets(cfg)
-    done = converted(run) if cfg.reuse else {}
+    done = done_presets(run) if cfg.reuse else set()
     todo = [p for p in wanted if p not in done]
-    if done and cfg.reuse:
-        _log(f"convert: {len([p for p in wanted if p in done])} presets already done, reused")
+    if done & set(wanted):
+        _log(f"convert: {len(done & set(wanted))} presets already done for this model, reused")
     if todo:
         _log(f"convert: {','.join(todo)}")
         known = {f.name for f in dataclasses.fields(ConvertConfig)}
@@ -195,8 +195,11 @@ def _convert_stage(cfg: PipelineConfig, run: Path) -> None:
         cc = ConvertConfig(run=run, preset=",".join(todo), **gate)
         if cfg.quick:
             cc.calibration_images = 32
-        rows = convert_run(cc)
-        print(summary_table(rows), file=sys.stderr)
+        convert_run(cc)
+    rows = [r for p, r in converted(run).items() if p in wanted]
+    counts = {s: [r["preset"] for r in rows if r.get("status") == s] for s in ("ok", "inconclusive", "failed", "error")}
+    _log("convert: " + ", ".join(f"{len(v)} {'passed' if s == 'ok' else s}" + (f" ({', '.join(v)})" if v and s != "ok" else "")
+                                 for s, v in counts.items() if v))
 
 
 def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
