@@ -42,7 +42,9 @@ class ConvertConfig:
                              "splits/test.txt (0: all of them)", 0)
     ac_min_agreement: float = opt("tflite_int8_ac keeps layers in float until its measured top-1 agreement reaches "
                                   "this and its drop is within --max-drop", 0.99)
-    ac_max_float_layers: int = opt("tflite_int8_ac keeps at most this many layers in float", 16)
+    ac_max_float_layers: int = opt("tflite_int8_ac keeps at most this many ops in float", 64)
+    ac_max_latency_ratio: float = opt("tflite_int8_ac gives up candidates slower than this times plain int8 "
+                                      "(p50, 1 thread, measured back to back; 0: no latency budget)", 1.25)
     worker_timeout: float = opt("seconds before the QAT/pruning worker or the ONNX export is stopped (0: no limit)", 7200.0)
     seed: int = opt("seed of the calibration sample and of the QAT and pruning fine-tunes", 0)
 
@@ -59,6 +61,8 @@ class ConvertConfig:
             (all(0 <= f <= 1 for f in (self.int8_floor, self.float_floor, self.pruned_floor, self.ac_min_agreement)),
              "agreement floors (--int8-floor, --float-floor, --pruned-floor, --ac-min-agreement) must be in [0, 1]"),
             (self.max_drop >= 0, f"--max-drop must be >= 0 points, got {self.max_drop}"),
+            (self.ac_max_latency_ratio == 0 or self.ac_max_latency_ratio >= 1,
+             f"--ac-max-latency-ratio must be 0 (none) or >= 1, got {self.ac_max_latency_ratio}"),
             (self.ac_max_float_layers >= 1, f"--ac-max-float-layers must be >= 1, got {self.ac_max_float_layers}"),
             (self.worker_timeout >= 0, f"--worker-timeout must be >= 0 seconds, got {self.worker_timeout}"),
             (self.prune_min_weights >= 0, f"--prune-min-weights must be >= 0, got {self.prune_min_weights}"),

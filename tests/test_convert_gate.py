@@ -97,29 +97,52 @@ def _ranking(n):
 
 
 def test_search_keeps_the_fewest_layers_that_meet_the_targets():
-    from edgetune.convert.accuracy_control import search
+    from edgetune.convert.accuracy_control import Targets, search
 
     def judge(model):  # agreement rises with each float layer; the targets are met from 5 layers on
         k = int(model)
         return 0.97 + 0.004 * k, max(0.0, 1.0 - 0.15 * k)
 
     q = FakeQuantizer()
-    model, float_layers, trials = search(q, _ranking(20), judge, 0.99, 0.5, 16)
+    model, float_layers, trials = search(q, _ranking(20), judge, Targets(0.99, 0.5, 16))
     assert model == b"5" and float_layers == ["t0", "t1", "t2", "t3", "t4"]
     assert [t.float_layers for t in trials] == [0, 1, 2, 4, 8, 6, 5]  # doubling, then bisection
     assert [t.met for t in trials] == [False] * 4 + [True] * 3
 
 
 def test_search_that_cannot_meet_the_targets_returns_the_best_it_saw():
-    from edgetune.convert.accuracy_control import search
+    from edgetune.convert.accuracy_control import Targets, search
 
     def judge(model):
         k = int(model)
         return {0: 0.95, 1: 0.96, 2: 0.97, 3: 0.97}[k], 1.0
 
-    model, float_layers, trials = search(FakeQuantizer(), _ranking(3), judge, 0.99, 0.5, 16)
+    model, float_layers, trials = search(FakeQuantizer(), _ranking(3), judge, Targets(0.99, 0.5, 16))
     assert model == b"2" and float_layers == ["t0", "t1"]  # ties go to fewer float layers
     assert not any(t.met for t in trials)
+
+
+def test_search_never_picks_a_model_over_the_latency_budget():
+    from edgetune.convert.accuracy_control import Targets, search
+
+    def judge(model):  # the targets need 6 float layers, but each costs 5% latency: 6 is 1.30x
+        k = int(model)
+        return (0.995 if k >= 6 else 0.95 + 0.005 * k), 0.0
+
+    model, float_layers, trials = search(FakeQuantizer(), _ranking(20), judge, Targets(0.99, 0.5, 16, 1.25),
+                                         cost=lambda m: 1 + 0.05 * int(m))
+    assert model == b"5" and len(float_layers) == 5  # the best agreement within 1.25x
+    assert [t.float_layers for t in trials] == [0, 1, 2, 4, 8, 6, 5]
+    assert [t.latency_ratio for t in trials][1:] == pytest.approx([1.05, 1.1, 1.2, 1.4, 1.3, 1.25])
+    assert not any(t.met for t in trials)
+
+
+def test_candidate_orders():
+    from edgetune.convert.accuracy_control import LayerError, ranked, tail
+
+    errors = [LayerError("a", "CONV_2D", 0.3, 0, 1), LayerError("b", "ADD", 2.0, 0, 1), LayerError("c", "MEAN", 0.5, 0, 1)]
+    assert [e.tensor for e in ranked(errors)] == ["b", "c", "a"]
+    assert [e.tensor for e in tail(errors)] == ["c", "b", "a"]
 
 
 # ---------------------------------------------------------------- done_presets
