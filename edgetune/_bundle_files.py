@@ -43,7 +43,8 @@ WHEEL="$HERE/wheels/@@WHEEL@@"
 
 # 1. Every file against manifest.json, with the wheel's own code (standard library only: nothing is installed yet).
 say "checking the bundle's files"
-PYTHONPATH="$WHEEL" "$PY" -m edgetune.bundle "$HERE" || die "the bundle is incomplete or changed (above): copy it again"
+# From inside the bundle: `python -m` puts the current folder first on sys.path, and it must hold no edgetune/.
+(cd "$HERE" && PYTHONPATH="$WHEEL" "$PY" -m edgetune.bundle "$HERE") || die "the bundle is incomplete or changed (above): copy it again"
 
 # 2. The virtual environment: made, or reused when VENV_DIR already is one (never over other files).
 if [ -e "$VENV" ] && [ ! -f "$VENV/pyvenv.cfg" ] && [ -n "$(ls -A "$VENV" 2>/dev/null)" ]; then
@@ -87,8 +88,8 @@ SMOKE_IMAGE="@@SMOKE_IMAGE@@"
 if [ -n "$SMOKE_IMAGE" ]; then
     "$VENV/bin/edgetune" predict "$HERE/$SMOKE_MODEL" "$HERE/$SMOKE_IMAGE" || die "the installed edgetune could not run $SMOKE_MODEL"
 else
-    "$VENV/bin/python" -c 'import sys; from edgetune.runtime import Predictor; Predictor.from_path(sys.argv[1])' \
-        "$HERE/$SMOKE_MODEL" || die "the installed edgetune could not load $SMOKE_MODEL"
+    (cd "$HERE" && "$VENV/bin/python" -c 'import sys; from edgetune.runtime import Predictor; Predictor.from_path(sys.argv[1])' \
+        "$HERE/$SMOKE_MODEL") || die "the installed edgetune could not load $SMOKE_MODEL"
 fi
 say "done: $("$VENV/bin/edgetune" --version) in $VENV"
 echo "next: source $VENV/bin/activate && cd $HERE   (the commands are in README.txt)"

@@ -18,6 +18,11 @@
 #      edgetune itself is installed from a wheel built from this checkout, without extras + onnxruntime.
 #   4. Trap: under qemu, onnxruntime segfaults on import and LiteRT on its first inference when they
 #      read the host's /sys/devices/system/cpu; an empty tmpfs over it (private mount namespace) fixes it.
+#   5. The bundle (PI_BUNDLE=0 skips it): `edgetune bundle` of a run around the fixture models on the host,
+#      then, as on a Pi, the bundle's own `bash install.sh` (venv, pip from PyPI, all emulated) and
+#      `edgetune predict` + `edgetune bench` from that venv. Programs run as aarch64 binaries through a
+#      binfmt_misc entry registered in a private user namespace (Linux 6.7+), so install.sh, pip and the
+#      venv's python run unchanged; slow (pip under emulation: several minutes).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -64,7 +69,7 @@ APT::Install-Recommends "false";
 EOF
     export APT_CONFIG="$APT_DIR/apt.conf"
     apt-get update -qq >/dev/null
-    apt-get install -y -qq --download-only "python$PYV" libstdc++6 libgcc-s1 >/dev/null
+    apt-get install -y -qq --download-only "python$PYV" "python$PYV-venv" libstdc++6 libgcc-s1 >/dev/null
     unset APT_CONFIG
     rm -rf "$ROOTFS.tmp" && mkdir -p "$ROOTFS.tmp"
     for deb in "$APT_DIR"/cache/archives/*.deb; do dpkg -x "$deb" "$ROOTFS.tmp"; done
@@ -132,6 +137,11 @@ if [ $RC = 0 ] && [ -f "$SRC/tf2_mobilenet_v2_1.0_224_ptq.tflite" ]; then
         '$SRC/tf2_mobilenet_v2_1.0_224_ptq.tflite' '$SRC/cat.bmp' '$SRC/grace_hopper.bmp' \
         --labels '$SRC/imagenet_labels.txt' --size 224" 2>/dev/null | tee "$WORK/imagenet_aarch64.txt" | sed 's/^/  /' >&2
     grep -q "cat.bmp: Egyptian cat" "$WORK/imagenet_aarch64.txt" || { say "expected Egyptian cat"; RC=1; }
+fi
+
+# --- 5. the bundle, installed and run as on a Pi --------------------------------------------------
+if [ $RC = 0 ] && [ "${PI_BUNDLE:-1}" = 1 ]; then
+    bash "$REPO/scripts/pi_check_bundle.sh" "$WORK" "$ROOTFS" "$PYV" "$PY_HOST" || RC=1
 fi
 say "done (exit $RC); outputs in $OUT"
 exit $RC
