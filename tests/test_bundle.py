@@ -290,3 +290,38 @@ def test_install_sh_in_a_fresh_venv_predicts_like_this_checkout(built, tmp_path:
     probs = Predictor.from_path(model).predict_files(files)
     ours = {Path(f).name + Path(f).parent.name: LABELS[int(i)] for f, i in zip(files, probs.argmax(1))}
     assert theirs == ours and len(ours) == 12
+
+
+def _fake_wheel(path: Path, files: dict[str, str]) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, text in files.items():
+            zf.writestr(name, text)
+    return path
+
+
+def test_wheel_checks_and_pins(tmp_path: Path, monkeypatch):
+    from edgetune import _bundle_wheel
+
+    info = "edgetune-9.9-py3-none-any.whl"
+    meta = ("Metadata-Version: 2.1\nName: edgetune\nVersion: 9.9\nRequires-Dist: numpy>=1.23\n"
+            "Requires-Dist: onnxruntime==1.31.1; extra == \"onnx\"\n"
+            "Requires-Dist: tflite-runtime; platform_machine == \"aarch64\" and extra == \"legacy\"\n"
+            "Requires-Dist: tensorflow==2.21.0; extra == \"train\"\nRequires-Dist: edgetune[train]; extra == \"dev\"\n")
+    good = {"edgetune/__init__.py": "", "edgetune/bundle.py": "", "edgetune/runtime/__init__.py": "",
+            "edgetune-9.9.dist-info/METADATA": meta, "edgetune-9.9.dist-info/WHEEL": "Root-Is-Purelib: true\nTag: py3-none-any\n"}
+    wheel = _fake_wheel(tmp_path / info, good)
+    assert "edgetune/bundle.py" in _bundle_wheel.check_wheel(wheel)
+    reqs = _bundle_wheel.pinned_requirements(wheel)
+    assert reqs[""] == [f"numpy=={package_version('numpy')}"] and reqs["onnx"] == ["onnxruntime==1.31.1"]
+    assert reqs["legacy"][0].startswith("tflite-runtime") and reqs["legacy"][0].endswith('; platform_machine == "aarch64"')
+    assert "train" not in reqs and "dev" not in reqs
+    (tmp_path / "junk").mkdir()
+    junk = _fake_wheel(tmp_path / "junk" / info, {**good, "tests/test_x.py": ""})
+    with pytest.raises(UserError, match="not edgetune's"):
+        _bundle_wheel.check_wheel(junk)
+    with pytest.raises(UserError, match="pure-Python"):
+        _bundle_wheel.check_wheel(_fake_wheel(tmp_path / "edgetune-9.9-cp311-cp311-linux_x86_64.whl", good))
+    assert _bundle_wheel.source_tree() == ROOT  # this checkout (an editable install)
+    monkeypatch.setattr(_bundle_wheel, "source_tree", lambda: None)
+    with pytest.raises(UserError, match="installed from a wheel.*--wheel PATH"):
+        _bundle_wheel.build_wheel(tmp_path)
