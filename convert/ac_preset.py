@@ -36,53 +36,42 @@ def _judge_bytes(inp: Inputs, cfg: ConvertConfig, preset: Preset, scratch: Path)
     return judge_model
 
 
-def p50_ms(model: bytes, inp: Inputs, scratch: Path, threads: int) -> float:
-    """Median latency of one image through the edgetune runtime (after warm-up)."""
+def _predictor(model: bytes, inp: Inputs, path: Path, threads: int):
     from edgetune.runtime import Predictor, open_backend
 
-    scratch.write_bytes(model)
-    predictor = Predictor(open_backend(scratch, threads=threads), read_metadata(inp.model_file), path=scratch)
+    path.write_bytes(model)
+    return Predictor(open_backend(path, threads=threads), read_metadata(inp.model_file), path=path)
+
+
+def p50_pair(a: bytes, b: bytes, inp: Inputs, scratch: Path, threads: int, rounds: int = 6) -> tuple[float, float]:
+    """p50 latency (ms) of two models on one image through the edgetune runtime, timed in alternating rounds.
+
+    Alternating rounds make a busy machine slow both alike, so their ratio holds where each alone would not.
+    """
+    predictors = [_predictor(m, inp, scratch.with_name(f"{scratch.name}.{i}"), threads) for i, m in enumerate((a, b))]
     x = inp.heldout_x[:1]
-    for _ in range(10):
-        predictor.predict(x)
-    times = []
-    for _ in range(LATENCY_RUNS):
-        t0 = time.perf_counter()
-        predictor.predict(x)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(times))
+    samples: list[list[float]] = [[], []]
+    for p in predictors:
+        for _ in range(5):
+            p.predict(x)
+    for _ in range(rounds):
+        for i, p in enumerate(predictors):
+            for _ in range(LATENCY_RUNS // rounds):
+                t0 = time.perf_counter()
+                p.predict(x)
+                samples[i].append((time.perf_counter() - t0) * 1e3)
+    for i in range(2):
+        scratch.with_name(f"{scratch.name}.{i}").unlink(missing_ok=True)
+    return float(np.median(samples[0])), float(np.median(samples[1]))
 
 
 def _latency_cost(inp: Inputs, plain: bytes, scratch: Path):
-    """model bytes -> p50 over plain int8's p50 at 1 thread, both timed back to back (a busy machine slows both)."""
+    """model bytes -> p50 over plain int8's p50 at 1 thread, timed in alternating rounds."""
     def cost(model: bytes) -> float:
-        return p50_ms(model, inp, scratch, 1) / p50_ms(plain, inp, scratch, 1)
+        base, candidate = p50_pair(plain, model, inp, scratch, 1)
+        return candidate / base
 
     return cost
-
-
-def _search(quantizer, inp: Inputs, cfg: ConvertConfig, judge_model, plain: bytes, scratch: Path):
-    """Ranked ops first, then a float tail if ranking alone does not meet the targets; the better result wins."""
-    from edgetune.convert.accuracy_control import Targets, ranked, search, tail
-
-    targets = Targets(cfg.ac_min_agreement, cfg.max_drop, cfg.ac_max_float_layers, cfg.ac_max_latency_ratio or None)
-    cost = _latency_cost(inp, plain, scratch) if cfg.ac_max_latency_ratio else None
-    errors = quantizer.layer_errors()
-    results = []
-    for name, order in (("ranked", ranked(errors)), ("tail", tail(errors))):
-        model, float_layers, trials = search(quantizer, order, judge_model, targets, name, cost)
-        results.append((model, float_layers, trials))
-        if any(t.met for t in trials):
-            break
-    met = [r for r in results if any(t.met and t.float_layers == len(r[1]) for t in r[2])]
-    pool = met or results
-
-    def score(r):
-        t = next(t for t in r[2] if t.float_layers == len(r[1]))
-        return (bool(met), t.agreement, -len(r[1]))
-
-    model, float_layers, _ = max(pool, key=score)
-    return model, float_layers, [t for r in results for t in r[2]], errors
 
 
 def export_int8_ac(inp: Inputs, cfg: ConvertConfig, preset: Preset, out: Path) -> dict:
@@ -102,8 +91,9 @@ def export_int8_ac(inp: Inputs, cfg: ConvertConfig, preset: Preset, out: Path) -
                   "searching for ops to keep in float", file=sys.stderr)
             chosen, float_layers, trials, errors = _search(quantizer, inp, cfg, judge_model, plain, scratch)
         out.write_bytes(chosen)
-        latency = {name: {str(t): round(p50_ms(m, inp, scratch, t), 3) for t in (1, 2)}
-                   for name, m in (("tflite_int8", plain), (preset.name, chosen))}
+        pairs = {str(t): p50_pair(plain, chosen, inp, scratch, t) for t in (1, 2)}
+        latency = {"tflite_int8": {t: round(v[0], 3) for t, v in pairs.items()},
+                   preset.name: {t: round(v[1], 3) for t, v in pairs.items()}}
     finally:
         scratch.unlink(missing_ok=True)
     by_tensor = {e.tensor: e for e in errors}
@@ -121,5 +111,6 @@ def export_int8_ac(inp: Inputs, cfg: ConvertConfig, preset: Preset, out: Path) -
                          "first candidate meeting the targets, so the gate sees the numbers the search saw",
         "quantized_ops": len(errors) or None,
         "latency_p50_ms": latency,
-        "latency_ratio": {t: round(latency[preset.name][t] / latency["tflite_int8"][t], 3) for t in ("1", "2")},
+        "latency_ratio": {t: round(latency[preset.name][t] / latency["tflite_int8"][t], 3) if float_layers else 1.0
+                          for t in ("1", "2")},
     }}
