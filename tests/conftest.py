@@ -17,16 +17,27 @@ SOURCE_MODELS = SHARED_ASSETS / "mobilenet_v2" / "source"
 
 
 def make_class_images(folder: Path, label_index: int, count: int, size: int = 48, seed: int = 0, fmt: str = "jpg") -> list[Path]:
-    """Write `count` images whose class is visible: class k has a bright blob in quadrant k, plus noise."""
+    """Write `count` images whose class is visible: class k has a bright blob in quadrant k, plus noise.
+
+    The blob's size and place and the background's gradient vary per image (a separate generator, so
+    the noise is unchanged): with one fixed blob on flat noise, images of a class differ only by noise
+    and duplicate search rightly calls them near duplicates of each other (`edgetune.train.duplicates`).
+    """
     rng = np.random.default_rng(seed * 1000 + label_index)
+    jitter = np.random.default_rng([seed, label_index, 7])
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(count):
         h = w = size + int(rng.integers(0, 16))  # varied sizes, so resizing is exercised
         img = rng.integers(0, 90, (h, w, 3), dtype=np.uint8)
+        slope_y, slope_x = jitter.uniform(-50, 50, 2)  # a background gradient of random direction
+        yy, xx = np.mgrid[0:h, 0:w]
+        img = (img + 50 + slope_y * (yy / h - 0.5)[..., None] + slope_x * (xx / w - 0.5)[..., None]).astype(np.uint8)
         qy, qx = divmod(label_index % 4, 2)
-        y0, x0 = qy * h // 2, qx * w // 2
-        img[y0:y0 + h // 2, x0:x0 + w // 2, label_index % 3] = 230
+        bh, bw = (int(v) for v in jitter.integers(h // 4, h // 2 + 1, 2))
+        y0 = qy * h // 2 + int(jitter.integers(0, h // 2 - bh + 1))
+        x0 = qx * w // 2 + int(jitter.integers(0, w // 2 - bw + 1))
+        img[y0:y0 + bh, x0:x0 + bw, label_index % 3] = 230
         p = folder / f"img_{i:03d}.{fmt}"
         Image.fromarray(img).save(p)
         paths.append(p)

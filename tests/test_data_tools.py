@@ -45,15 +45,20 @@ def test_split_is_deterministic_and_seed_dependent(tiny_tree, tmp_path):
     assert listing["a"] != listing["c"]
 
 
-def test_split_refuses_non_empty_destination_unless_force(tiny_tree, tmp_path, capsys):
+def test_split_refuses_a_user_folder_even_with_force_and_replaces_its_own(tiny_tree, tmp_path, capsys):
     dst = tmp_path / "dst"
     dst.mkdir()
     (dst / "keep.txt").write_text("x")
-    assert main(["data", "split", str(tiny_tree), "--out", str(dst)]) == 2
-    assert "not empty" in capsys.readouterr().err
-    assert (dst / "keep.txt").exists()
-    assert main(["data", "split", str(tiny_tree), "--out", str(dst), "--force"]) == 0
-    assert not (dst / "keep.txt").exists() and (dst / "train").is_dir()
+    for extra in ([], ["--force"]):
+        assert main(["data", "split", str(tiny_tree), "--out", str(dst), *extra]) == 2
+        assert "did not create" in capsys.readouterr().err
+        assert (dst / "keep.txt").read_text() == "x" and sorted(p.name for p in dst.iterdir()) == ["keep.txt"]
+    out = tmp_path / "out"
+    assert main(["data", "split", str(tiny_tree), "--out", str(out)]) == 0
+    assert main(["data", "split", str(tiny_tree), "--out", str(out)]) == 2  # its own output, but no --force
+    assert "--force" in capsys.readouterr().err
+    assert main(["data", "split", str(tiny_tree), "--out", str(out), "--force", "--seed", "5"]) == 0
+    assert (out / "train").is_dir() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
 def test_split_failure_half_way_leaves_nothing(tiny_tree, tmp_path, monkeypatch):
@@ -203,3 +208,131 @@ def test_fetch_cats_vs_dogs_from_shared_folder(shared_assets, tmp_path, monkeypa
     path = Path(capsys.readouterr().out.strip())
     assert path == tmp_path / "home" / "datasets" / "cats_and_dogs_filtered"
     assert len(list((path / "validation" / "dogs").iterdir())) == 500
+
+
+# ---------------------------------------------------------------- environment faults and interruptions
+@pytest.mark.parametrize("errno_, words", [(30, "Read-only file system"), (28, "No space left on device")])
+def test_split_onto_a_read_only_or_full_file_system_is_one_line_and_leaves_nothing(tiny_tree, tmp_path, monkeypatch,
+                                                                                   capsys, errno_, words):
+    out = tmp_path / "out"
+    assert main(["data", "split", str(tiny_tree), "--out", str(out)]) == 0
+    before = {p.relative_to(out): _sha(p) for p in out.rglob("*") if p.is_file()}
+    real_copy, calls = shutil.copy2, {"n": 0}
+
+    def failing_copy(src, dst):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise OSError(errno_, words, str(dst))
+        return real_copy(src, dst)
+
+    monkeypatch.setattr(folders.shutil, "copy2", failing_copy)
+    capsys.readouterr()
+    assert main(["data", "split", str(tiny_tree), "--out", str(out), "--force", "--seed", "9"]) == 2
+    err = capsys.readouterr().err
+    messages = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("edgetune")]  # not the progress bar
+    assert len(messages) == 1 and words in messages[0] and "Traceback" not in err
+    # The earlier split is untouched and nothing half-written is left beside it.
+    assert {p.relative_to(out): _sha(p) for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "tree"]
+
+
+KILL_SCRIPT = """
+import os, random, signal, subprocess, sys, time
+src, out, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
+rng = random.Random(seed)
+for attempt in range(6):
+    p = subprocess.Popen([sys.executable, "-m", "edgetune.cli", "data", "split", src, "--out", out, "--force"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(rng.uniform(0.0, 2.5))
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+"""
+
+
+def test_split_killed_at_random_moments_never_looks_complete_and_reruns(tmp_path):
+    from edgetune.outputs import MARKER, is_complete
+
+    src = make_image_tree(tmp_path / "src", classes=("a", "b", "c"), per_class=40, size=64)
+    source = {p: _sha(p) for p in src.rglob("*")if p.is_file()}
+    out = tmp_path / "out"
+    for seed in range(3):
+        subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(src), str(out), str(seed)], check=True, timeout=300)
+        assert {p: _sha(p) for p in src.rglob("*") if p.is_file()} == source  # the source is byte-identical
+        if out.exists():  # a split that exists is complete: every file of the source is there, verified
+            assert is_complete(out, "split")
+            copies = sorted(p.name for p in out.rglob("*.jpg"))
+            assert copies == sorted(p.name for p in source if p.suffix == ".jpg")
+        for leftover in tmp_path.glob(".out.*"):  # temporary trees are marked partial, never complete
+            assert not is_complete(leftover) and (leftover / MARKER).exists()
+    assert main(["data", "split", str(src), "--out", str(out), "--force"]) == 0
+    assert is_complete(out, "split") and len(list(out.rglob("*.jpg"))) == 120
+    assert list(tmp_path.glob(".out.*")) == []  # the rerun cleaned up what the killed runs left
+
+
+NON_REGULAR_SCRIPT = """
+import os, socket, sys
+from pathlib import Path
+from edgetune.runtime import find_images
+from edgetune.train.datasets import content_digest
+from edgetune.train.folders import scan_tree, split_folder
+tree = Path(sys.argv[1])
+os.mkfifo(tree / "cats" / "b.jpg")
+s = socket.socket(socket.AF_UNIX)
+s.bind(str(tree / "dogs" / "sock.png"))
+os.symlink(tree / "nowhere.jpg", tree / "dogs" / "dangling.jpg")
+report = scan_tree(tree)
+assert sorted(p.name for p in report.not_regular) == ["b.jpg", "dangling.jpg", "sock.png"], report.not_regular
+assert all(x.ok for items in report.classes.values() for x in items)
+assert not any(p.endswith(("b.jpg", "sock.png")) for p in find_images([tree]))
+counts = split_folder(tree, tree.parent / "split", 0.25, 0)
+assert sum(a + b for a, b in counts.values()) == 24, counts
+digest, n = content_digest(tree)
+assert n == 24, n
+print("OK")
+"""
+
+
+def test_fifos_sockets_and_dangling_links_are_skipped_with_a_warning_not_opened(tiny_tree):
+    r = subprocess.run([sys.executable, "-c", NON_REGULAR_SCRIPT, str(tiny_tree)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr
+    assert r.stderr.count("not a regular file") >= 3 and "b.jpg" in r.stderr  # scan, find_images, split, digest
+
+
+def _bomb_png(path: Path, side: int = 20000) -> None:
+    """A small PNG that declares side x side pixels (400 MP for 20000): Pillow refuses it as a decompression bomb."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    z = zlib.compressobj(9)
+    row = b"\x00" * (1 + side // 8)  # filter byte + one bit per pixel
+    data = b"".join(z.compress(row) for _ in range(side)) + z.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+
+
+def test_decompression_bomb_in_training_data_is_skipped_with_a_message(tiny_tree, capsys):
+    from edgetune.train.splits import make_splits
+
+    _bomb_png(tiny_tree / "cats" / "bomb.png")
+    assert (tiny_tree / "cats" / "bomb.png").stat().st_size < 200_000
+    with pytest.warns(UserWarning, match=r"skipping 1 unreadable file\(s\):\n  .*bomb.png: .*decompression bomb"):
+        splits = make_splits(tiny_tree, progress=False)
+    assert [x.path.name for x in splits.skipped] == ["bomb.png"]
+    assert all(s.path.name != "bomb.png" for part in (splits.train, splits.val, splits.test) for s in part)
+    assert main(["data", "check", str(tiny_tree)]) == 1
+    assert "unreadable: " in capsys.readouterr().out
+
+
+def test_a_class_with_no_readable_suffix_names_what_it_found_and_what_is_supported(tiny_tree, capsys):
+    from edgetune.train.splits import make_splits
+
+    for p in (tiny_tree / "dogs").iterdir():
+        p.rename(p.with_suffix(".heic"))
+    (tiny_tree / "dogs" / "readme.txt").write_text("x")
+    with pytest.raises(Exception, match=r"dogs: found \.heic \(12\), \.txt \(1\); edgetune reads \.jpg .*\.ppm"):
+        make_splits(tiny_tree, progress=False)
+    assert main(["data", "check", str(tiny_tree)]) == 1
+    assert "empty class: dogs (found .heic (12), .txt (1); edgetune reads" in capsys.readouterr().out

@@ -16,6 +16,7 @@ _EXPORTS = {
     "split_folder": "edgetune.train.folders",
     "scan_tree": "edgetune.train.folders",
     "make_splits": "edgetune.train.splits",
+    "find_duplicates": "edgetune.train.duplicates",
     "decode_and_resize": "edgetune.train.data",
     "load_images": "edgetune.train.data",
     "recalibrate_batchnorm": "edgetune.train.model",

@@ -41,8 +41,12 @@ DATASETS = {CATS_VS_DOGS.name: CATS_VS_DOGS}
 
 def content_digest(root: Path, extensions: tuple[str, ...] = (".jpg",)) -> tuple[str, int]:
     """(digest, file count) over the image files under root, as in KnownDataset.content_sha256."""
+    from edgetune.runtime.image import warn_not_regular
+
     h = hashlib.sha256()
-    files = sorted(p for p in Path(root).rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+    found = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in extensions and not p.is_dir())
+    files = [p for p in found if p.is_file()]  # is_file: regular files only (a FIFO would block the read)
+    warn_not_regular([p for p in found if not p.is_file()], str(root))
     for p in files:
         h.update(f"{p.relative_to(root).as_posix()}\t{hashlib.sha256(p.read_bytes()).hexdigest()}\n".encode())
     return h.hexdigest(), len(files)

@@ -1,4 +1,4 @@
-"""Image class folders: scan, check, split. Lean (Pillow only) so `edgetune data` never loads TensorFlow.
+"""Image class folders: scan, check, split. Lean (Pillow + numpy) so `edgetune data` never loads TensorFlow.
 
 A class-folder tree is `ROOT/<class>/<image>`; a data set folder holds `train/` plus `validation/`
 and/or `test/` trees, or is itself a single tree that training splits deterministically.
@@ -10,31 +10,38 @@ import hashlib
 import os
 import random
 import shutil
-import tempfile
+import stat
 import warnings
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+import numpy as np
 
 from edgetune import UserError
+from edgetune.runtime.image import IMAGE_SUFFIXES, ImageError, load_image, suffix_summary, walk_files, warn_not_regular
+from edgetune.train.duplicates import HashedImage, fingerprint
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
+IMAGE_EXTENSIONS = set(IMAGE_SUFFIXES)
 MIN_SIDE = 32  # smaller images are legal but carry almost no signal at 160 px: reported as "tiny"
-EXIF_ORIENTATION_TAG = 0x0112
 
 
 @dataclass
 class ImageCheck:
-    """The result of decoding one file."""
+    """The result of decoding one file with the training decoder."""
 
     path: Path
     ok: bool
     reason: str = ""
     size: tuple[int, int] = (0, 0)
-    orientation: int = 1
-    """EXIF orientation code (1 = upright); training applies it like the runtime does."""
+    """(width, height) after the EXIF orientation is applied."""
+    digest: str = ""
+    """sha256 of the file's bytes (exact duplicates)."""
+    phash: int | None = None
+    """Perceptual hash of the decoded image (near duplicates); None when it does not decode."""
+    thumb: np.ndarray | None = field(default=None, repr=False)
+    """32x32 grayscale thumbnail (confirms near duplicates); None when it does not decode."""
 
 
 @dataclass
@@ -44,6 +51,8 @@ class TreeReport:
     root: Path
     classes: dict[str, list[ImageCheck]] = field(default_factory=dict)
     non_images: list[Path] = field(default_factory=list)
+    not_regular: list[Path] = field(default_factory=list)
+    """FIFOs, sockets, devices and broken links under the class folders: skipped, never opened."""
 
     @property
     def counts(self) -> dict[str, int]:
@@ -78,18 +87,28 @@ class TreeReport:
 
 
 def check_image(path: Path) -> ImageCheck:
-    """Fully decode one image (a truncated JPEG fails here, not in the middle of training)."""
+    """Decode one file exactly as training will (`edgetune.runtime.image.load_image`), and hash it.
+
+    A file that passes here decodes in training too: same function, same Pillow. A truncated JPEG,
+    a decompression bomb or a FIFO fails here with a reason, not in the middle of training.
+    """
     try:
-        with Image.open(path) as im:
-            size = im.size
-            orientation = int(im.getexif().get(EXIF_ORIENTATION_TAG, 1) or 1)
-            # draft() lets libjpeg decode at 1/8 scale: every byte is still read and checked,
-            # at a fraction of the cost of a full decode.
-            im.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
-            im.load()
-        return ImageCheck(path, True, size=size, orientation=orientation if 1 <= orientation <= 8 else 1)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        return ImageCheck(path, False, reason=f"{exc.__class__.__name__}: {exc}")
+        image = load_image(path)
+    except ImageError as exc:
+        return ImageCheck(path, False, reason=str(exc).removeprefix(f"{path}: "), digest=_digest(path) or "")
+    digest = _digest(path)
+    if digest is None:  # vanished or became unreadable between the decode and the hash
+        return ImageCheck(path, False, reason="not readable")
+    phash, thumb = fingerprint(image)
+    return ImageCheck(path, True, size=(image.shape[1], image.shape[0]), digest=digest, phash=phash, thumb=thumb)
+
+
+def _digest(path: Path) -> str | None:
+    """sha256 of a regular file's bytes, or None (not a regular file, unreadable): never opens a FIFO."""
+    try:
+        return sha256_bytes(path) if stat.S_ISREG(os.stat(path).st_mode) else None
+    except OSError:
+        return None
 
 
 def list_classes(root: Path) -> list[str]:
@@ -104,7 +123,7 @@ def list_classes(root: Path) -> list[str]:
 
 
 def scan_tree(root: Path, classes: list[str] | None = None, workers: int | None = None, progress: bool = False) -> TreeReport:
-    """Decode every file under each class folder of `root` and report what is usable."""
+    """Decode and hash every file under each class folder of `root` and report what is usable."""
     root = Path(root)
     classes = classes or list_classes(root)
     report = TreeReport(root)
@@ -113,14 +132,12 @@ def scan_tree(root: Path, classes: list[str] | None = None, workers: int | None 
         folder = root / c
         if not folder.is_dir():
             raise UserError(f"class folder {folder} is missing (classes must match across splits: {classes})")
-        for p in sorted(folder.rglob("*")):
-            if not p.is_file() or p.name.startswith("."):
-                continue
-            if p.suffix.lower() in IMAGE_EXTENSIONS:
-                todo.append((c, p))
-            else:
-                report.non_images.append(p)
+        files, odd = walk_files(folder, None)
+        report.not_regular += [Path(p) for p in odd]
+        for p in map(Path, files):
+            (todo.append((c, p)) if p.suffix.lower() in IMAGE_EXTENSIONS else report.non_images.append(p))
         report.classes[c] = []
+    warn_not_regular(report.not_regular, str(root))
     # Pillow releases the GIL while decoding: threads use every core.
     with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) * 2)) as pool:
         results = pool.map(check_image, [p for _, p in todo])
@@ -133,32 +150,78 @@ def scan_tree(root: Path, classes: list[str] | None = None, workers: int | None 
     return report
 
 
+def hashed_images(reports: Mapping[str, TreeReport]) -> list[HashedImage]:
+    """Every file of the scanned trees ({split name: report}) as duplicate search sees it (unreadable ones too)."""
+    return [HashedImage(x.path, c, split, x.digest, x.phash, x.thumb)
+            for split, r in reports.items() for c, items in r.classes.items() for x in items if x.digest]
+
+
 def require_usable(report: TreeReport, what: str = "data") -> None:
     """Raise a UserError for an empty class; warn (listing them) about files that will be skipped."""
     empty = [c for c, n in report.counts.items() if n == 0]
     if empty:
-        raise UserError(f"{what}: class folder(s) {empty} under {report.root} have no readable images")
+        raise UserError(f"{what}: class folder(s) {empty} under {report.root} have no readable images "
+                        f"({empty[0]}: {suffix_summary(report.root / empty[0])})")
     if report.bad:
         listing = "\n  ".join(f"{x.path}: {x.reason}" for x in report.bad[:20])
         more = f"\n  ... and {len(report.bad) - 20} more" if len(report.bad) > 20 else ""
         warnings.warn(f"{what}: skipping {len(report.bad)} unreadable file(s):\n  {listing}{more}", stacklevel=2)
 
 
-def stratified_split(items: dict[str, list], fraction: float, seed: int) -> tuple[dict[str, list], dict[str, list]]:
-    """Split each class's (sorted) items into (kept, held_out) with `fraction` held out, seeded.
+def stratified_split(items: dict[str, list], fraction: float, seed: int,
+                     groups: Mapping[str, int] | None = None) -> tuple[dict[str, list], dict[str, list]]:
+    """Split each class's items into (kept, held_out) with `fraction` held out, seeded and group-aware.
 
     Deterministic by file: the same files and seed always give the same split, whatever the order
-    the file system lists them in. At least one item per class is held out when fraction > 0.
+    the file system lists them in. Items of one duplicate group (`groups`: str(path) -> group id,
+    e.g. `DuplicateReport.group_ids()`) always land on the same side, also across classes: a group
+    is placed where its first file falls in the class's shuffled order, and the cut is the group
+    boundary closest to the target count. Without groups this is exactly a per-class shuffle and
+    cut. At least one item per class is held out when fraction > 0, and one kept, when the groups allow.
     """
     if not 0.0 < fraction < 1.0:
         raise UserError(f"split fraction must be between 0 and 1 (exclusive), got {fraction}")
+    groups = groups or {}
+    decided: dict[object, bool] = {}  # unit key -> held out (a group spanning classes is decided once)
     kept, held = {}, {}
     for c, xs in items.items():
-        order = sorted(xs, key=lambda x: str(getattr(x, "path", x)))
+        order = sorted(xs, key=str_key)
         random.Random(f"{seed}:{c}").shuffle(order)
+        units: dict[object, list] = {}
+        for x in order:
+            key = ("group", groups[str_key(x)]) if str_key(x) in groups else ("file", str_key(x))
+            units.setdefault(key, []).append(x)
         n_held = max(1, round(len(order) * fraction)) if len(order) > 1 else 0
-        held[c], kept[c] = sorted(order[:n_held], key=str_key), sorted(order[n_held:], key=str_key)
+        pre_held = sum(len(u) for k, u in units.items() if decided.get(k) is True)
+        pre_kept = sum(len(u) for k, u in units.items() if decided.get(k) is False)
+        free = [k for k in units if k not in decided]
+        cut = _cut([len(units[k]) for k in free], n_held - pre_held, pre_held, pre_kept)
+        if n_held and pre_held + sum(len(units[k]) for k in free[:cut]) == 0:
+            # One group holds (nearly) the whole class: nothing can be held out whole. Split it by
+            # file so the class is still measured; make_splits' leakage warning says what that costs.
+            warnings.warn(f"class {c!r}: its {len(order)} images are near duplicates of each other (one group), "
+                          "so none can be held out without a copy in training; holding out by file", stacklevel=2)
+            held[c], kept[c] = sorted(order[:n_held], key=str_key), sorted(order[n_held:], key=str_key)
+            continue
+        for i, k in enumerate(free):
+            decided[k] = i < cut
+        held[c] = sorted((x for k, u in units.items() if decided[k] for x in u), key=str_key)
+        kept[c] = sorted((x for k, u in units.items() if not decided[k] for x in u), key=str_key)
     return kept, held
+
+
+def _cut(sizes: list[int], target: int, pre_held: int, pre_kept: int) -> int:
+    """How many leading units to hold out: the count closest to `target`, keeping both sides non-empty if possible."""
+    total = sum(sizes)
+    cum = [0]
+    for n in sizes:
+        cum.append(cum[-1] + n)
+
+    def score(k: int) -> tuple:
+        held, kept = pre_held + cum[k], pre_kept + total - cum[k]
+        return (kept == 0, held == 0 and total + pre_held + pre_kept > 1, abs(cum[k] - target), k)
+
+    return min(range(len(sizes) + 1), key=score)
 
 
 def str_key(x) -> str:
@@ -173,46 +236,46 @@ def sha256_bytes(path: Path) -> str:
     return h.hexdigest()
 
 
-def split_folder(src: Path, dst: Path, test_fraction: float = 0.2, seed: int = 0, force: bool = False) -> dict[str, tuple[int, int]]:
-    """Copy a class-folder tree into DST/train/<class> and DST/test/<class>, stratified and verified.
+def split_folder(src: Path, dst: Path, test_fraction: float = 0.2, seed: int = 0, force: bool = False,
+                 progress: bool = False) -> dict[str, tuple[int, int]]:
+    """Copy a class-folder tree into DST/train/<class> and DST/test/<class>, stratified, group-aware and verified.
 
-    Files are copied, never moved. Everything is written to a temporary folder beside DST, checked
-    (every file present with the same sha256, counts adding up) and only then renamed to DST, so a
-    failure half-way leaves nothing behind. Returns {class: (train_count, test_count)}.
+    Files are copied, never moved. Exact and near duplicates stay on one side (`stratified_split`
+    with the groups of `find_duplicates`). DST must be new, empty, or (with `force`) an earlier
+    `data split` output; it may not be, contain or lie inside SRC (`edgetune.outputs`). Everything
+    is written into a temporary sibling, checked (every file present with its source's sha256) and
+    only then swapped into place, so an interrupted or failed split leaves nothing that looks complete.
+    Returns {class: (train_count, test_count)}.
     """
+    from edgetune.outputs import check_output, staged_output
+    from edgetune.train.duplicates import find_duplicates
+
     src, dst = Path(src), Path(dst)
-    if src.resolve() == dst.resolve() or dst.resolve().is_relative_to(src.resolve()):
-        raise UserError(f"--out {dst} must not be inside the source folder {src}")
+    if not 0.0 < test_fraction < 1.0:
+        raise UserError(f"split fraction must be between 0 and 1 (exclusive), got {test_fraction}")
     classes = list_classes(src)
-    files = {c: sorted(p for p in (src / c).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS) for c in classes}
+    check_output(dst, "split", inputs=[src], force=force)  # refuse before the (long) scan, not after
+    report = scan_tree(src, classes, progress=progress)
+    files = {c: [x.path for x in items] for c, items in report.classes.items()}
     empty = [c for c, xs in files.items() if not xs]
     if empty:
-        raise UserError(f"class folder(s) {empty} under {src} hold no image files")
-    if dst.exists() and any(dst.iterdir()):
-        if not force:
-            raise UserError(f"{dst} is not empty; pass --force to replace it")
-    train, test = stratified_split(files, test_fraction, seed)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-    try:
+        raise UserError(f"class folder(s) {empty} under {src} hold no image files ({suffix_summary(src / empty[0])})")
+    groups = find_duplicates(hashed_images({"all": report})).group_ids()
+    train, test = stratified_split(files, test_fraction, seed, groups)
+    with staged_output(dst, "split", inputs=[src], force=force) as tmp:
         expected: dict[Path, str] = {}
-        for split, groups in (("train", train), ("test", test)):
-            for c, paths in groups.items():
+        for split, parts in (("train", train), ("test", test)):
+            for c, paths in parts.items():
                 for p in paths:
                     target = tmp / split / c / p.relative_to(src / c)
                     target.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(p, target)
                     expected[target.relative_to(tmp)] = sha256_bytes(p)
-        written = [p for p in tmp.rglob("*") if p.is_file()]
-        if len(written) != sum(len(v) for v in files.values()):
-            raise RuntimeError(f"copied {len(written)} files, expected {sum(len(v) for v in files.values())}")
+        written = {p.relative_to(tmp) for split in ("train", "test") for p in (tmp / split).rglob("*") if p.is_file()}
+        if written != set(expected):
+            raise UserError(f"the copy under {dst} has {len(written)} files, expected {len(expected)}: is something "
+                            "else writing there?")
         for rel, digest in expected.items():
             if sha256_bytes(tmp / rel) != digest:
-                raise RuntimeError(f"copy of {rel} differs from its source")
-        if dst.exists():
-            shutil.rmtree(dst)
-        os.replace(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+                raise UserError(f"the copy of {rel} differs from its source: the disk under {dst} may be failing")
     return {c: (len(train[c]), len(test[c])) for c in classes}
