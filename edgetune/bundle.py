@@ -224,7 +224,24 @@ def _copy_run_files(tmp: Path, run: Path, models: list[Path], split: str | None,
             if ref.is_file():
                 _copy(ref, tmp / "reference" / ref.name)
                 has_reference = True
+        has_reference = has_reference or _reference_from_heldout(run, split, tmp)
     return has_reference
+
+
+def _reference_from_heldout(run: Path, split: str, tmp: Path) -> bool:
+    """The val or test rows of the run's held-out reference (bench's default), stored for `split` in the bundle.
+
+    Held-out rows are the val images, then the test images (`read_split`), so a split is a slice of them.
+    """
+    if split == "heldout" or not (run / "reference" / "heldout_probs.npy").is_file():
+        return False
+    from edgetune.benchmarks import read_reference, save_reference
+    from edgetune.contract import read_split
+
+    ref = read_reference(run, "heldout")  # checked against the run's split files and model
+    n_val = len(read_split(run, "val")) if (run / "splits" / "val.txt").is_file() else 0
+    save_reference(tmp, ref[0][:n_val] if split == "val" else ref[0][n_val:], split)
+    return True
 
 
 def _umask() -> int:

@@ -325,3 +325,22 @@ def test_wheel_checks_and_pins(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(_bundle_wheel, "source_tree", lambda: None)
     with pytest.raises(UserError, match="installed from a wheel.*--wheel PATH"):
         _bundle_wheel.build_wheel(tmp_path)
+
+
+def test_a_split_takes_its_rows_of_the_heldout_reference(built, tmp_path: Path):
+    """bench stores the held-out reference (val rows, then test rows); --split test/val carries its slice."""
+    from edgetune.benchmarks import read_reference, save_reference
+
+    _, bundle = built
+    wheel = next((bundle / "wheels").glob("*.whl"))
+    run = make_run(tmp_path, with_results=False)
+    shutil.rmtree(run / "reference")
+    probs = np.random.default_rng(0).dirichlet(np.ones(3), size=18).astype(np.float32)  # 6 val + 12 test rows
+    save_reference(run, probs, "heldout")
+    for split, rows in (("test", probs[6:]), ("val", probs[:6])):
+        out = tmp_path / f"b-{split}"
+        make_bundle(BundleConfig(run=run, out=out, preset="tiny3_int8", split=split, wheel=wheel))
+        got, info = read_reference(out, split)
+        assert np.array_equal(got, rows) and info["files"] == [line.split("\t")[0] for line in
+                                                               (run / "splits" / f"{split}.txt").read_text().splitlines()]
+        assert "Keras model's outputs" in (out / "README.txt").read_text()
