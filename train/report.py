@@ -6,6 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
+# The one logits -> probabilities function lives in the runtime; re-exported for callers that imported it here.
+from edgetune.runtime import probabilities  # noqa: F401
+
 
 def _plt():
     import matplotlib
@@ -14,16 +17,6 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def probabilities(logits: np.ndarray) -> np.ndarray:
-    """(N, classes) probabilities from binary (N, 1) or softmax (N, C) logits."""
-    logits = np.asarray(logits, np.float64)
-    if logits.shape[-1] == 1:
-        p = 1.0 / (1.0 + np.exp(-logits[:, 0]))
-        return np.stack([1 - p, p], axis=1)
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def learning_curves(history: dict, stage1_epochs: int, path: Path) -> None:
@@ -62,41 +55,54 @@ def sample_predictions(images: np.ndarray, probs: np.ndarray, labels: np.ndarray
     plt.close(fig)
 
 
-def confusion_matrix(labels: np.ndarray, preds: np.ndarray, n: int) -> np.ndarray:
-    m = np.zeros((n, n), np.int64)
-    np.add.at(m, (labels.astype(int), preds.astype(int)), 1)
-    return m
-
-
 def plot_confusion(matrix: np.ndarray, names: list[str], path: Path) -> None:
+    """Row-normalised confusion matrix (each true class sums to 1), readable from 2 to ~50 classes.
+
+    The figure grows with the class count; counts are written into the cells only while they fit
+    (up to 15 classes), and a row's share is the colour, so a small class's mistakes show as clearly
+    as a large one's.
+    """
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 3, 1.2 * len(names) + 2.5))
-    ax.imshow(matrix, cmap="Blues")
-    for (i, j), v in np.ndenumerate(matrix):
-        ax.text(j, i, str(v), ha="center", va="center", color="white" if v > matrix.max() / 2 else "black")
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    ax.set_yticks(range(len(names)), names)
+    k = len(names)
+    rows = matrix.sum(axis=1, keepdims=True)
+    share = np.divide(matrix, rows, out=np.zeros(matrix.shape, float), where=rows > 0)
+    side = min(24.0, max(5.0, 0.45 * k + 3))
+    fig, ax = plt.subplots(figsize=(side + 1.5, side))
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    if k <= 15:
+        for (i, j), v in np.ndenumerate(matrix):
+            if v:
+                ax.text(j, i, str(v), ha="center", va="center", fontsize=9 if k <= 8 else 7,
+                        color="white" if share[i, j] > 0.5 else "black")
+    font = 10 if k <= 15 else max(5, 10 - k // 10)
+    ax.set_xticks(range(k), names, rotation=90 if k > 8 else 45, ha="center" if k > 8 else "right", fontsize=font)
+    ax.set_yticks(range(k), names, fontsize=font)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title("test confusion matrix")
+    ax.set_title(f"test confusion matrix, normalised by row ({int(matrix.sum())} images)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
 def write_reports(run: Path, deploy_model, splits, test_ds, history: dict, stage1_epochs: int) -> dict:
-    """Write learning_curves.png, sample_predictions.png, confusion_matrix.png; return the matrix."""
+    """Write learning_curves.png, sample_predictions.png, confusion_matrix.png; return the test report.
+
+    The report (`edgetune.train.metrics.classification_report`) holds the matrix, per-class
+    precision/recall/F1, macro F1, balanced accuracy and the top confused pairs.
+    """
+    from edgetune.train.metrics import classification_report
+
     images, labels = [], []
     for x, y in test_ds:
         images.append(x.numpy())
         labels.append(np.asarray(y).reshape(-1))
     images_np, labels_np = np.concatenate(images), np.concatenate(labels).astype(int)
     probs = probabilities(deploy_model.predict(images_np, verbose=0))
-    preds = probs.argmax(axis=1)
-    n = len(splits.classes)
-    matrix = confusion_matrix(labels_np, preds, n)
+    report = classification_report(labels_np, probs.argmax(axis=1), splits.classes)
     learning_curves(history, stage1_epochs, run / "learning_curves.png")
     sample_predictions(images_np, probs, labels_np, splits.classes, run / "sample_predictions.png")
-    plot_confusion(matrix, splits.classes, run / "confusion_matrix.png")
-    return {"labels": splits.classes, "matrix": matrix.tolist(),
-            "per_class_accuracy": {c: float(matrix[i, i] / max(1, matrix[i].sum())) for i, c in enumerate(splits.classes)}}
+    plot_confusion(np.array(report["matrix"]), splits.classes, run / "confusion_matrix.png")
+    return {"labels": splits.classes, "matrix": report["matrix"], "top_confusions": report["top_confusions"],
+            "per_class_accuracy": {c: v["recall"] for c, v in report["per_class"].items()}}
