@@ -99,8 +99,13 @@ def test_run_dir_is_complete_and_self_describing(tiny_run_dir):
     metrics = json.loads((run / "metrics.json").read_text())
     for key in ("initial", "stage1", "stage2", "final", "confusion"):
         assert key in metrics
+    # The reported final test accuracy is what the saved confusion matrix says, image by image.
+    matrix = np.array(metrics["confusion"]["matrix"])
+    assert matrix.sum() == metrics["final"]["test"]["n"] == len(read_split(run, "test"))
+    assert metrics["final"]["test"]["correct"] == int(np.trace(matrix))
     for stage in ("stage1", "stage2"):
-        assert 0 <= metrics[stage]["test"]["accuracy"] <= 1 and metrics[stage]["seconds"] > 0
+        assert metrics[stage]["seconds"] > 0
+        assert {"macro_f1", "balanced_accuracy", "per_class"} <= set(metrics[stage]["test"])
         for split, files in (("val", read_split(run, "val")), ("test", read_split(run, "test"))):
             m = metrics[stage][split]
             assert m["n"] == len(files) and m["correct"] == round(m["accuracy"] * m["n"])
@@ -305,12 +310,72 @@ def test_interrupted_run_never_looks_complete_and_resumes(tiny_dataset, tmp_path
     assert not partial.exists()
 
 
+def test_resume_refuses_flags_that_differ_from_the_interrupted_run(tiny_dataset, tmp_path, monkeypatch, capsys):
+    from edgetune.train import trainer
+
+    def crash(self, epoch, logs=None):
+        raise KeyboardInterrupt("power cut")
+
+    monkeypatch.setattr(trainer.EpochCheckpoint, "on_epoch_end", crash)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train_run(tiny_train_config(tiny_dataset, tmp_path / "run", epochs=2))
+    monkeypatch.undo()
+    (tmp_path / "run.partial" / "checkpoint").mkdir(exist_ok=True)
+    (tmp_path / "run.partial" / "checkpoint" / "state.json").write_text('{"stage": 1, "epochs_done": 1, "history": {}}')
+    assert _train(tiny_dataset, tmp_path / "run", "--resume", "--epochs", "2", "--image-size", "64") == 2
+    err = capsys.readouterr().err
+    assert "--image-size: 48 then, 64 now" in err and "--epochs" not in err and "Traceback" not in err
+
+
 def test_resume_without_a_partial_run_and_refusing_to_overwrite(tiny_run_dir, tmp_path, capsys):
     make_image_tree(tmp_path / "d", per_class=4)
     assert _train(tmp_path / "d", tmp_path / "fresh", "--resume") == 2
     assert "nothing to resume" in capsys.readouterr().err
     assert _train(tmp_path / "d", tiny_run_dir) == 2
     assert "--force" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- never destroy the user's data
+def _tree_digest(root: Path) -> dict:
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["the-data-itself", "inside-the-data", "containing-the-data", "a-folder-of-user-files", "a-file"])
+def test_an_out_that_would_destroy_user_files_is_refused(tmp_path, capsys, where):
+    data = make_image_tree(tmp_path / "work" / "d", per_class=4)
+    mine = tmp_path / "work" / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes")
+    (tmp_path / "work" / "a.txt").write_text("a file")
+    out = {"the-data-itself": data, "inside-the-data": data / "cats" / "run", "containing-the-data": tmp_path / "work",
+           "a-folder-of-user-files": mine, "a-file": tmp_path / "work" / "a.txt"}[where]
+    before = _tree_digest(tmp_path)
+    assert _train(data, out) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "edgetune train: error:" in err.strip().splitlines()[-1], err
+    assert _tree_digest(tmp_path) == before  # nothing deleted, nothing added
+    assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_a_stale_partial_is_removed_only_when_edgetune_made_it(tmp_path, capsys):
+    data = make_image_tree(tmp_path / "d", per_class=4)
+    partial = tmp_path / "run.partial"
+    partial.mkdir()
+    (partial / "thesis.tex").write_text("not ours")
+    assert _train(data, tmp_path / "run", "--fine-tune-epochs", "0") == 2
+    assert (partial / "thesis.tex").read_text() == "not ours" and "did not create" in capsys.readouterr().err
+
+
+def test_a_loss_that_becomes_nan_stops_training_and_writes_no_complete_run(tmp_path, capsys):
+    data = make_image_tree(tmp_path / "d", per_class=8)
+    # 1e38 is finite, but Adam's first step moves every weight by about that much: the logits overflow.
+    assert _train(data, tmp_path / "run", "--learning-rate", "1e38", "--schedule", "constant") == 2
+    err = capsys.readouterr().err
+    assert "training diverged" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+    assert not list((tmp_path / "run.partial").glob("metadata.json")) and not (tmp_path / "run.partial" / "metrics.json").exists()
 
 
 # ---------------------------------------------------------------- preprocessing contract

@@ -11,6 +11,8 @@ from typing import Any
 
 _EXPORTS = {
     "TrainConfig": "edgetune.train.config",
+    "RECIPES": "edgetune.train.config",
+    "classification_report": "edgetune.train.metrics",
     "train_run": "edgetune.train.trainer",
     "fetch": "edgetune.train.datasets",
     "split_folder": "edgetune.train.folders",

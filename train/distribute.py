@@ -1,14 +1,13 @@
 """Pick the tf.distribute strategy: one device, the GPUs of one host, or several hosts (TF_CONFIG).
 
 Batch sizes are global: TensorFlow splits every batch across replicas. With several workers only
-the chief writes the run dir; the others write to a scratch folder that is thrown away.
+the chief writes the run dir; worker i keeps its restart checkpoints in `RUN.partial/workers/i/`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import tensorflow as tf
 
@@ -63,6 +62,13 @@ def shard_by_data(ds: tf.data.Dataset) -> tf.data.Dataset:
     return ds.with_options(options)
 
 
-def scratch_dir(out) -> str:
-    """Where a non-chief worker writes what Keras insists on writing (thrown away)."""
-    return tempfile.mkdtemp(prefix="edgetune-worker-")
+def worker_index(cfg) -> int:
+    """This process's index among the workers (0 outside a cluster): names its stable checkpoint folder."""
+    if cfg.workers:
+        return int(cfg.worker_index or 0)
+    task = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}").get("task", {})
+    return int(task.get("index", 0)) + (1 if task.get("type") == "worker" and "chief" in _cluster() else 0)
+
+
+def _cluster() -> dict:
+    return json.loads(os.environ.get("TF_CONFIG", "{}") or "{}").get("cluster", {})

@@ -22,6 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from edgetune.train import recipe
 from edgetune.train.data import make_dataset
 from edgetune.train.model import AUGMENTATION, BASE, DROPOUT, LOGITS, POOLING, PREPROCESS
 
@@ -36,14 +37,17 @@ def use_fast_path(cfg, strategy) -> bool:
 
 
 def frontier(base: keras.Model, cut: int) -> list:
-    """Tensors made by layers below `cut` and used by layers from `cut` up (skip connections included)."""
-    index = {id(layer): i for i, layer in enumerate(base.layers)}
+    """Tensors made by layers below `cut` and used by layers from `cut` up (skip connections included).
+
+    Read from the functional graph's public surface: each layer of the base is called once, so
+    `layer.input` / `layer.output` are its tensors, and a tensor's producer is the layer whose output it is.
+    """
+    producer = {id(t): i for i, layer in enumerate(base.layers) for t in keras.tree.flatten(layer.output)}
     found: list = []
     for layer in base.layers[cut:]:
-        for node in layer._inbound_nodes:
-            for t in node.input_tensors:
-                if index[id(t._keras_history[0])] < cut and not any(t is f for f in found):
-                    found.append(t)
+        for t in keras.tree.flatten(layer.input):
+            if producer[id(t)] < cut and not any(t is f for f in found):
+                found.append(t)
     return found
 
 
@@ -181,40 +185,30 @@ class FastPath:
         x = self.model.get_layer(DROPOUT)(x)
         return keras.Model(self.front_inputs, self.model.get_layer(LOGITS)(x), name="top_and_head")
 
-    def fit(self, stage: int, trainer_model: keras.Model, first_epoch: int, last_epoch: int, callbacks: list) -> None:
+    def fit(self, stage: int, trainer_model: keras.Model, first_epoch: int, last_epoch: int, callbacks: list,
+            class_weight: dict | None = None) -> None:
         which = slice(self.n_front, self.n_front + 1) if stage == 1 else slice(0, self.n_front)
         steps = math.ceil(len(self.y_train) / self.cfg.batch_size)
         train = _epoch_dataset(self.train_copies, which, self.y_train, self.cfg.batch_size, self.cfg.seed + stage, first_epoch, last_epoch)
         val = _fixed_dataset(self.val[which], self.y_val, self.cfg.batch_size)
         trainer_model.fit(train, epochs=last_epoch, initial_epoch=first_epoch, steps_per_epoch=steps,
-                          validation_data=val, callbacks=callbacks, verbose=self.cfg.verbose, shuffle=False)
+                          validation_data=val, callbacks=callbacks, verbose=self.cfg.verbose, shuffle=False,
+                          class_weight=class_weight)
 
 
-def fit_stage1(model: keras.Model, cfg, splits, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset,
-               initial_epoch: int, callbacks: list, strategy, fast: FastPath | None = None) -> None:
-    """Stage 1: the head on the frozen base, on cached features when `fast` is given."""
-    if fast is None:
-        model.fit(train_ds, epochs=cfg.epochs, initial_epoch=initial_epoch, validation_data=val_ds,
-                  callbacks=callbacks, verbose=cfg.verbose, shuffle=False)  # the dataset shuffles
+def fit_stage(stage: int, model: keras.Model, cfg, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, initial_epoch: int,
+              last_epoch: int, callbacks: list, fast: FastPath | None = None, class_weight: dict | None = None) -> None:
+    """Fit epochs [initial_epoch, last_epoch) of a stage: the full model on images, or on the fast path's caches.
+
+    Stage 1 trains the head on cached pooled features, stage 2 the unfrozen top of the base plus the
+    head on cached frontier activations; both sub-models share the full model's layers (and weights).
+    """
+    trainer = None
+    if fast is not None and (stage == 1 or fast.stage2):
+        trainer = fast.head_model() if stage == 1 else fast.top_model()
+        trainer.compile(optimizer=model.optimizer, loss=model.loss, metrics=recipe.metrics(fast.n), jit_compile=cfg.xla)
+    if trainer is None:
+        model.fit(train_ds, epochs=last_epoch, initial_epoch=initial_epoch, validation_data=val_ds, callbacks=callbacks,
+                  verbose=cfg.verbose, shuffle=False, class_weight=class_weight)  # the dataset shuffles
         return
-    head = fast.head_model()
-    head.compile(optimizer=model.optimizer, loss=model.loss, metrics=_fresh_metrics(fast.n), jit_compile=cfg.xla)
-    fast.fit(1, head, initial_epoch, cfg.epochs, callbacks)
-
-
-def fit_stage2(model: keras.Model, cfg, train_ds, val_ds, initial_epoch: int, callbacks: list, fast: FastPath | None = None) -> None:
-    """Stage 2: the unfrozen top of the base plus the head, on cached frontier activations when `fast` is given."""
-    total = cfg.epochs + cfg.fine_tune_epochs
-    if fast is None or not fast.stage2:
-        model.fit(train_ds, epochs=total, initial_epoch=initial_epoch, validation_data=val_ds,
-                  callbacks=callbacks, verbose=cfg.verbose, shuffle=False)
-        return
-    top = fast.top_model()
-    top.compile(optimizer=model.optimizer, loss=model.loss, metrics=_fresh_metrics(fast.n), jit_compile=cfg.xla)
-    fast.fit(2, top, initial_epoch, total, callbacks)
-
-
-def _fresh_metrics(n: int) -> list:
-    if n == 2:
-        return [keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy")]
-    return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    fast.fit(stage, trainer, initial_epoch, last_epoch, callbacks, class_weight)

@@ -6,23 +6,31 @@ reduces a distributed data batch with `strategy.reduce`, which this strategy rej
 convert a value (PerReplica...)"). So the multi-worker path runs the same model, loss, optimizer
 and callbacks through `strategy.run`: per-replica losses averaged over the global batch, gradients
 all-reduced by the Keras optimizer, metrics summed across workers. A `tf.train.Checkpoint` per
-worker, written after every epoch, lets a restarted worker rejoin from the last completed epoch.
+worker, written after every epoch into its stable folder (`RUN.partial/workers/i/backup`), lets restarted
+workers continue from the last completed epoch. Class weights and label smoothing are applied to the
+per-example losses here, as Keras' fit does for the other strategies.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import keras
 import tensorflow as tf
 
+from edgetune.train.callbacks import NonFiniteLoss
+
 
 class DistributedLoop:
     """fit/evaluate for one compiled-by-hand model under a multi-worker strategy."""
 
-    def __init__(self, model: keras.Model, strategy: tf.distribute.Strategy, num_classes: int, backup_dir: Path):
-        self.model, self.strategy, self.binary = model, strategy, num_classes == 2
+    def __init__(self, model: keras.Model, strategy: tf.distribute.Strategy, num_classes: int, backup_dir: Path,
+                 class_weight: dict[int, float] | None = None, label_smoothing: float = 0.0):
+        self.model, self.strategy, self.binary, self.n = model, strategy, num_classes == 2, num_classes
         self.backup_dir = Path(backup_dir)
+        self.smoothing = float(label_smoothing)
+        self.class_weight = None if class_weight is None else tf.constant([class_weight[c] for c in range(num_classes)], tf.float32)
         self.optimizer = None
         self._train_step = self._eval_step = None
 
@@ -34,13 +42,21 @@ class DistributedLoop:
         self._train_step = self._make_train_step()
         self._eval_step = self._make_eval_step()
 
-    def _per_example(self, y, logits):
+    def _per_example(self, y, logits, weighted: bool = False):
+        """Per-example losses and correctness; class-weighted losses when training with class weights."""
         if self.binary:
-            loss = tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=logits)[:, 0]
+            target = y * (1.0 - self.smoothing) + 0.5 * self.smoothing
+            loss = tf.nn.sigmoid_cross_entropy_with_logits(labels=target, logits=logits)[:, 0]
             correct = tf.cast(tf.equal(tf.cast(logits[:, 0] > 0, y.dtype), y[:, 0]), tf.float32)
+            index = tf.cast(tf.round(y[:, 0]), tf.int32)
         else:
-            loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+            logp = tf.nn.log_softmax(logits)
+            true = -tf.gather(logp, y, batch_dims=1)
+            loss = (1.0 - self.smoothing) * true - self.smoothing * tf.reduce_mean(logp, axis=-1)
             correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=y.dtype), y), tf.float32)
+            index = tf.cast(y, tf.int32)
+        if weighted and self.class_weight is not None:
+            loss = loss * tf.gather(self.class_weight, index)
         return loss, correct
 
     def _make_train_step(self):
@@ -49,7 +65,7 @@ class DistributedLoop:
         def step(x, y):
             with tf.GradientTape() as tape:
                 logits = tf.cast(model(x, training=True), tf.float32)
-                loss, correct = self._per_example(y, logits)
+                loss, correct = self._per_example(y, logits, weighted=True)
                 # Averaged over the global batch: the optimizer's all-reduce then sums replicas.
                 scaled = tf.nn.compute_average_loss(loss)
             grads = tape.gradient(scaled, model.trainable_variables)
@@ -85,6 +101,15 @@ class DistributedLoop:
             total_loss, total_correct, total_n = total_loss + float(loss), total_correct + float(correct), total_n + float(n)
         return {"loss": total_loss / max(total_n, 1.0), "accuracy": total_correct / max(total_n, 1.0)}
 
+    def barrier(self) -> None:
+        """Return only when every worker has reached this call (an all-reduce of one number)."""
+        @tf.function
+        def all_reduce():
+            value = self.strategy.run(lambda: tf.constant(1.0))
+            return self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+
+        all_reduce()
+
     def evaluate(self, ds: tf.data.Dataset) -> dict[str, float]:
         if self._eval_step is None:
             self._eval_step = self._make_eval_step()
@@ -98,13 +123,19 @@ class DistributedLoop:
             checkpoint.restore(manager.latest_checkpoint)
             initial_epoch = max(initial_epoch, int(self.epoch.numpy()))
         cbs = keras.callbacks.CallbackList(callbacks, model=self.model)
+        self.model.stop_training = False
         cbs.on_train_begin()
         for epoch in range(initial_epoch, epochs):
             cbs.on_epoch_begin(epoch)
             logs = self._run(self._train_step, train_ds)
+            if not math.isfinite(logs["loss"]):
+                raise NonFiniteLoss(f"training diverged: stage {stage} loss became {logs['loss']} in epoch {epoch + 1}; "
+                                    "nothing was written as a complete run: lower the learning rate")
             logs |= {f"val_{k}": v for k, v in self.evaluate(val_ds).items()}
             self.epoch.assign(epoch + 1)
             manager.save()
             print(f"Epoch {epoch + 1}/{epochs} - " + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items()), flush=True)
             cbs.on_epoch_end(epoch, logs)
+            if self.model.stop_training:  # early stopping: every worker sees the same all-reduced val loss
+                break
         cbs.on_train_end()
