@@ -48,7 +48,7 @@ def p50_pair(a: bytes, b: bytes, inp: Inputs, scratch: Path, threads: int, round
 
     Alternating rounds make a busy machine slow both alike, so their ratio holds where each alone would not.
     """
-    predictors = [_predictor(m, inp, scratch.with_name(f"{scratch.name}.{i}"), threads) for i, m in enumerate((a, b))]
+    predictors = [_predictor(m, inp, scratch.with_name(f"{scratch.stem}.{i}{scratch.suffix}"), threads) for i, m in enumerate((a, b))]
     x = inp.heldout_x[:1]
     samples: list[list[float]] = [[], []]
     for p in predictors:
@@ -61,7 +61,7 @@ def p50_pair(a: bytes, b: bytes, inp: Inputs, scratch: Path, threads: int, round
                 p.predict(x)
                 samples[i].append((time.perf_counter() - t0) * 1e3)
     for i in range(2):
-        scratch.with_name(f"{scratch.name}.{i}").unlink(missing_ok=True)
+        scratch.with_name(f"{scratch.stem}.{i}{scratch.suffix}").unlink(missing_ok=True)
     return float(np.median(samples[0])), float(np.median(samples[1]))
 
 
@@ -72,6 +72,28 @@ def _latency_cost(inp: Inputs, plain: bytes, scratch: Path):
         return candidate / base
 
     return cost
+
+
+def _search(quantizer, inp: Inputs, cfg: ConvertConfig, judge_model, plain: bytes, scratch: Path):
+    """Ranked ops first, then a float tail if ranking alone does not meet the targets; the better result wins."""
+    from edgetune.convert.accuracy_control import Targets, ranked, search, tail
+
+    targets = Targets(cfg.ac_min_agreement, cfg.max_drop, cfg.ac_max_float_layers, cfg.ac_max_latency_ratio or None)
+    cost = _latency_cost(inp, plain, scratch) if cfg.ac_max_latency_ratio else None
+    errors = quantizer.layer_errors()
+    results = []
+    for name, order in (("ranked", ranked(errors)), ("tail", tail(errors))):
+        model, float_layers, trials = search(quantizer, order, judge_model, targets, name, cost)
+        results.append((model, float_layers, trials))
+        if any(t.met for t in trials):
+            break
+
+    def chosen_trial(result):
+        return next(t for t in result[2] if t.float_layers == len(result[1]))
+
+    met = [r for r in results if chosen_trial(r).met]
+    model, float_layers, _ = max(met or results, key=lambda r: (chosen_trial(r).agreement, -len(r[1])))
+    return model, float_layers, [t for r in results for t in r[2]], errors
 
 
 def export_int8_ac(inp: Inputs, cfg: ConvertConfig, preset: Preset, out: Path) -> dict:
