@@ -251,11 +251,17 @@ def load_for_contract(path: str | os.PathLike, preprocessing: Preprocessing) -> 
         ImageError: The file is missing, not a regular file, truncated or not a readable image.
         ValueError: The contract asks for preprocessing this decoder does not implement.
     """
+    return preprocess(decode_for_contract(path, preprocessing), preprocessing.size)
+
+
+def decode_for_contract(path: str | os.PathLike, preprocessing: Preprocessing) -> np.ndarray:
+    """The decoding half of `load_for_contract`: uint8 RGB (H, W, 3) before the resize (a stream's frames
+    from image files, the file -> label timing's "decode" part). Same errors as `load_for_contract`."""
     if preprocessing.resize != "bilinear" or preprocessing.antialias or preprocessing.channels != "RGB":
         raise ValueError(f"unsupported preprocessing: resize={preprocessing.resize!r}, antialias={preprocessing.antialias}, "
                          f"channels={preprocessing.channels!r} (this decoder implements bilinear, no antialias, RGB)")
-    return load_and_preprocess(path, preprocessing.size, preprocessing.exif_orientation,
-                               draft=preprocessing.jpeg_draft)
+    return load_image(path, preprocessing.exif_orientation,
+                      draft=preprocessing.size if preprocessing.jpeg_draft else None)
 
 
 def walk_files(folder: str | os.PathLike, suffixes: Sequence[str] | None = IMAGE_SUFFIXES) -> tuple[list[str], list[str]]:

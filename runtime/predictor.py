@@ -22,7 +22,7 @@ from edgetune import UserError
 from edgetune.contract import ModelMetadata, Preprocessing, TensorSpec, metadata_path_for, read_metadata
 from edgetune.runtime._backends import TensorDetails, open_backend
 from edgetune.runtime._parallel import default_decode_workers, map_ordered
-from edgetune.runtime.image import load_image, preprocess
+from edgetune.runtime.image import decode_for_contract, load_for_contract
 from edgetune.runtime.postprocess import probabilities
 
 def parse_input_range(spec: str | Sequence[float]) -> tuple[float, float] | str:
@@ -283,12 +283,11 @@ class Predictor:
     def decode(self, path: str | os.PathLike) -> np.ndarray:
         """One image file -> uint8 RGB (H, W, 3) as the contract decodes it (EXIF orientation, and the JPEG
         draft scale when the model was trained with it), before the resize."""
-        pre = self.metadata.preprocessing
-        return load_image(path, pre.exif_orientation, draft=self.size if pre.jpeg_draft else None)
+        return decode_for_contract(path, self.metadata.preprocessing)
 
     def load(self, path: str | os.PathLike) -> np.ndarray:
-        """One image file -> the float32 (H, W, 3) 0..255 model input, exactly as the contract says."""
-        return preprocess(self.decode(path), self.size)
+        """One image file -> the float32 (H, W, 3) 0..255 model input, exactly as training decoded it."""
+        return load_for_contract(path, self.metadata.preprocessing)
 
     def predict_files(self, paths: Sequence[str | os.PathLike], batch_size: int = 32,
                       decode_workers: int | None = None) -> np.ndarray:
