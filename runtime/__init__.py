@@ -14,8 +14,8 @@ OpenCV and picamera2 only when a stream opens a camera, video or URL.
 
 from edgetune.runtime._backends import DEVICES, TensorDetails, default_threads, open_backend
 from edgetune.runtime._parallel import default_decode_workers, map_ordered
-from edgetune.runtime.image import (ImageError, find_images, load_and_preprocess, load_for_contract, load_image, preprocess,
-                                     resize_bilinear)
+from edgetune.runtime.image import (ImageError, decode_for_contract, find_images, load_and_preprocess, load_for_contract,
+                                     load_image, preprocess, resize_bilinear)
 from edgetune.runtime.postprocess import OUTPUT_KINDS, probabilities
 from edgetune.runtime.predictor import Predictor, parse_input_range, read_labels
 from edgetune.runtime.sources import Frame, FrameSource, SourceLost, open_source
@@ -35,6 +35,7 @@ __all__ = [
     "StreamStats",
     "TensorDetails",
     "default_decode_workers",
+    "decode_for_contract",
     "default_threads",
     "find_images",
     "frame_to_input",
