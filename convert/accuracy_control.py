@@ -116,8 +116,9 @@ class Trial:
     order: str
     """Which candidate order the float layers were taken from: ranked (worst error first) or tail (last ops first)."""
     float_layers: int
-    agreement: float
-    drop_points: float
+    agreement: float | None
+    """None: not judged (over the latency budget)."""
+    drop_points: float | None
     met: bool
     """Agreement and drop both within the targets."""
     latency_ratio: float | None = None
@@ -166,7 +167,7 @@ def search(quantizer: SelectiveQuantizer, candidates: Sequence[LayerError], judg
         model = quantizer.model([e.tensor for e in candidates[:k]])
         ratio = cost(model) if budget is not None and k > 0 else None
         if ratio is not None and ratio > budget:
-            trial = Trial(order, k, float("nan"), float("nan"), False, ratio)  # too slow: not worth judging
+            trial = Trial(order, k, None, None, False, ratio)  # too slow: not worth judging
         else:
             agreement, drop = judge(model)
             met = agreement >= targets.min_agreement - 1e-12 and drop <= targets.max_drop + 1e-9
@@ -188,7 +189,7 @@ def search(quantizer: SelectiveQuantizer, candidates: Sequence[LayerError], judg
             mid = (low + high) // 2
             t = attempt(mid)
             low, high = (low, mid) if t.met or (t.latency_ratio is not None and t.latency_ratio > budget) else (mid, high)
-    judged = {k: t for k, (_, t) in trials.items() if t.agreement == t.agreement}  # NaN: over the latency budget
+    judged = {k: t for k, (_, t) in trials.items() if t.agreement is not None}
     met = [k for k, t in judged.items() if t.met]
     best = min(met) if met else max(judged, key=lambda k: (judged[k].agreement, -judged[k].drop_points, -k))
     return trials[best][0], [e.tensor for e in candidates[:best]], [t for _, t in trials.values()]

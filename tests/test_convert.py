@@ -66,8 +66,8 @@ def test_every_preset_is_exported_verified_and_described(converted, name):
         assert parity["agreement"] == 1.0 and parity["max_abs_dprob"] < 1e-4
     elif name == "tflite_fp16":
         assert parity["agreement"] == 1.0 and parity["max_abs_dprob"] < 0.02
-    else:
-        assert row.status == "ok" and parity["agreement"] >= 0.75
+    else:  # 40 held-out images cannot prove much: pass or inconclusive, never a fail
+        assert row.status in ("ok", "inconclusive") and parity["agreement"] >= 0.75, parity["reason"]
     if PRESETS[name].integer and parity["flips"]:
         assert (path.parent / parity["flips_sheet"]).is_file()
     elif PRESETS[name].integer:
