@@ -100,8 +100,8 @@ def similarity(thumbs_a: np.ndarray, thumbs_b: np.ndarray, shift: int = SHIFT) -
 def close_pairs(hashes: np.ndarray, threshold: int) -> np.ndarray:
     """All pairs (i, j, distance) with i < j and Hamming distance <= threshold, sorted.
 
-    Brute force in blocks of rows (about 4 M comparisons, 32 MB, per block): 5,000 images take well
-    under a second; 100,000 images take tens of seconds.
+    Brute force in blocks of rows (about 4 M comparisons, 32 MB, per block), quadratic in the number
+    of images: measured 1.5 s for 5,000 and 18 s for 30,000 on two heavily shared cores.
     """
     h = np.asarray(hashes, dtype=np.uint64)
     n = len(h)
