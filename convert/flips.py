@@ -52,18 +52,18 @@ def write_flips_sheet(out: Path, images: np.ndarray, names: Sequence[str], keras
 
     shown = idx[:MAX_SHOWN]
     rows = int(np.ceil(len(shown) / COLUMNS))
-    fig, axes = plt.subplots(rows, COLUMNS, figsize=(2.3 * COLUMNS, 2.7 * rows + 0.6), squeeze=False)
+    height = 2.9 * rows + 0.6
+    fig, axes = plt.subplots(rows, COLUMNS, figsize=(2.3 * COLUMNS, height), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, shown):
         k, e = int(keras_probs[i].argmax()), int(export_probs[i].argmax())
         ax.imshow(np.clip(images[i], 0, 255).astype(np.uint8))
-        ax.set_title(f"keras {labels[k]} {keras_probs[i, k]:.2f}\nexport {labels[e]} {export_probs[i, e]:.2f}",
-                     fontsize=8)
-        ax.text(0.5, -0.04, Path(names[i]).name[:28], transform=ax.transAxes, ha="center", va="top", fontsize=6)
+        ax.set_title(f"{Path(names[i]).name[:28]}\nkeras {labels[k]} {keras_probs[i, k]:.2f}\n"
+                     f"export {labels[e]} {export_probs[i, e]:.2f}", fontsize=8)
     more = f" ({len(shown)} of {len(idx)} shown, largest change first)" if len(idx) > len(shown) else ""
     fig.suptitle(f"{title}: {len(idx)} of {len(keras_probs)} held-out images changed top-1{more}", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / height))  # the top 0.5 inch is the title's
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".png", dir=out.parent)
     os.close(fd)
