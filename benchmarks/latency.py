@@ -198,29 +198,8 @@ def bench_model(
             status = "unavailable" if device != "cpu" else "error"
             rows.append(LatencyRow(mode="predictor", threads=t, status=status, note=str(exc), **base))
             continue
-        load_s = time.perf_counter() - t0
-        info = p.backend_info()
-        accel, confirmed = _accelerator(info)
-        x = image if image is not None else _fixed_image(p.size)
-        x = np.ascontiguousarray(x[None] if x.ndim == 3 else x, dtype=np.float32)
-        t0 = time.perf_counter()
-        p.predict(x)
-        first_ms = (time.perf_counter() - t0) * 1000.0
-        xq = np.array(p.quantize(x), copy=True)  # typed input for the raw call, outside the timed region
-        fns = [lambda: p.predict(x)] + ([lambda: p.invoke_raw(xq)] if raw else [])
-        samples = time_calls(fns, timing)
-        common = dict(threads=t, preset=_preset_of(p, path), load_s=load_s, first_ms=first_ms, warmup=timing.warmup,
-                      backend=f"{info.get('package', info.get('backend'))} {info.get('version', '')}".strip(),
-                      accelerator=accel, accelerator_confirmed=confirmed, peak_rss_mb=peak_rss_mb())
-        pred = LatencyRow(mode="predictor", **common, **base, **summarize(samples[0]))
-        rows.append(pred)
-        if raw:
-            raw_row = LatencyRow(mode="raw_invoke", **common, **base, **summarize(samples[1]))
-            if raw_row.p50_ms:
-                # The wrapper's cost over the bare interpreter (target < 1.05).
-                pred.extra["predictor_over_raw_p50"] = pred.p50_ms / raw_row.p50_ms
-                pred.extra["predictor_over_raw_mean"] = pred.mean_ms / raw_row.mean_ms
-            rows.append(raw_row)
+        common, timed = _model_rows(p, path, t, time.perf_counter() - t0, image, timing, raw, base)
+        rows += timed
         last = (p, common)
     if e2e_files and last is not None:
         p, common = last
@@ -228,6 +207,34 @@ def bench_model(
         rows.append(_e2e_row(p, files, timing, common, base))
         rows.append(_throughput_row(p, files, timing, common, base, decode_workers))
     return rows
+
+
+def _model_rows(p: Any, path: Path, threads: int, load_s: float, image: np.ndarray | None, timing: Timing, raw: bool,
+                base: dict) -> tuple[dict, list[LatencyRow]]:
+    """One loaded model: first inference, then `predict` and the raw `invoke` timed interleaved."""
+    info = p.backend_info()
+    accel, confirmed = _accelerator(info)
+    x = image if image is not None else _fixed_image(p.size)
+    x = np.ascontiguousarray(x[None] if x.ndim == 3 else x, dtype=np.float32)
+    t0 = time.perf_counter()
+    p.predict(x)
+    first_ms = (time.perf_counter() - t0) * 1000.0
+    xq = np.array(p.quantize(x), copy=True)  # typed input for the raw call, outside the timed region
+    fns = [lambda: p.predict(x)] + ([lambda: p.invoke_raw(xq)] if raw else [])
+    samples = time_calls(fns, timing)
+    common = dict(threads=threads, preset=_preset_of(p, path), load_s=load_s, first_ms=first_ms,
+                  warmup=timing.warmup, backend=f"{info.get('package', info.get('backend'))} {info.get('version', '')}".strip(),
+                  accelerator=accel, accelerator_confirmed=confirmed, peak_rss_mb=peak_rss_mb())
+    pred = LatencyRow(mode="predictor", **common, **base, **summarize(samples[0]))
+    rows = [pred]
+    if raw:
+        raw_row = LatencyRow(mode="raw_invoke", **common, **base, **summarize(samples[1]))
+        if raw_row.p50_ms:
+            # The wrapper's cost over the bare interpreter (target < 1.05).
+            pred.extra["predictor_over_raw_p50"] = pred.p50_ms / raw_row.p50_ms
+            pred.extra["predictor_over_raw_mean"] = pred.mean_ms / raw_row.mean_ms
+        rows.append(raw_row)
+    return common, rows
 
 
 def _e2e_row(p: Any, files: list[Path], timing: Timing, common: dict, base: dict) -> LatencyRow:
