@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetune import UserError
+from edgetune.runtime._backends import _first_line
 from edgetune.runtime.image import IMAGE_SUFFIXES, ImageError, find_images
 
 LOST_AFTER_S = 2.0
@@ -276,8 +277,3 @@ def open_source(spec: str, *, load_image: Callable[[str], np.ndarray], fps: floa
             raise UserError(f"no images match {spec}")
         return ImageFilesSource(paths, spec, load_image, fps)
     raise UserError(f"{spec}: no such file or folder, and not a camera (0, /dev/video0, picamera) or a URL")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else exc.__class__.__name__

@@ -41,15 +41,20 @@ def blob_image(k: int, i: int, h: int = 72, w: int = 96) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def write_video(path: Path, fourcc: str, fps: int, frames: int) -> Path:
+    """A video of `frames` blob images cycling the three classes, written by OpenCV (BGR)."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (96, 72))
+    for i in range(frames):
+        writer.write(cv2.cvtColor(blob_image(i % 3, i), cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
 @pytest.fixture(scope="module")
 def video(tmp_path_factory) -> tuple[Path, Path]:
     """(an MP4 of 45 frames cycling the three classes, a folder with every frame of it decoded to PNG)."""
     folder = tmp_path_factory.mktemp("video")
-    path = folder / "clip.mp4"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30, (96, 72))
-    for i in range(45):
-        writer.write(cv2.cvtColor(blob_image(i % 3, i), cv2.COLOR_RGB2BGR))
-    writer.release()
+    path = write_video(folder / "clip.mp4", "mp4v", 30, 45)
     frames = folder / "frames"
     frames.mkdir()
     cap = cv2.VideoCapture(str(path))
@@ -150,11 +155,7 @@ def test_camera_that_disappears_mid_stream_says_so(monkeypatch):
 
 
 def test_video_that_ends_early_says_so(tmp_path, capsys):
-    good = tmp_path / "v.avi"
-    writer = cv2.VideoWriter(str(good), cv2.VideoWriter_fourcc(*"MJPG"), 25, (96, 72))
-    for i in range(40):
-        writer.write(cv2.cvtColor(blob_image(i % 3, i), cv2.COLOR_RGB2BGR))
-    writer.release()
+    good = write_video(tmp_path / "v.avi", "MJPG", 25, 40)
     cut = tmp_path / "cut.avi"
     cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     rc = main(["stream", str(cut), str(MODEL), "--fps", "0"])
