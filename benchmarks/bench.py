@@ -175,7 +175,7 @@ def _parity_rows(run: Path | None, cfg: BenchConfig, predictors: dict[Path, Any]
         if missing:
             raise UserError(f"{len(missing)} held-out images of {run} are missing (first: {missing[0]}); "
                             "pass --data-root where the data set is on this machine")
-        x = load_split_images(items, meta.preprocessing.size, meta.preprocessing.exif_orientation)
+        x = load_split_images(items, meta.preprocessing)
         ref = _reference(run, cfg, x)
         y = np.array([k for _, k in items])
         if ref is not None:
@@ -190,11 +190,11 @@ def _parity_rows(run: Path | None, cfg: BenchConfig, predictors: dict[Path, Any]
     elif cfg.images is not None and predictors:
         items = labelled_images(cfg.images, next(iter(predictors.values())).labels)
         y = np.array([k for _, k in items])
-        cache: dict[tuple, np.ndarray] = {}
+        cache: dict[str, np.ndarray] = {}
         for m, p in predictors.items():
-            key = (tuple(p.size), p.metadata.preprocessing.exif_orientation)
+            key = json.dumps(p.metadata.preprocessing.to_dict(), sort_keys=True)  # models with the same contract share pixels
             if key not in cache:
-                cache[key] = load_split_images(items, *key)
+                cache[key] = load_split_images(items, p.metadata.preprocessing)
             rows.append(_parity_or_error(m, lambda p=p, k=key: p.predict(cache[k]), y, p.labels, None,
                                          gate.floor_for(presets[m.name]), gate.max_drop))
     sizes = {rec["name"]: rec["size_bytes"] for rec in records}

@@ -4,7 +4,7 @@ Computed once where TensorFlow is installed (`write_reference`, TensorFlow impor
 exactly the run's split files (by default "heldout": validation + test) and stored as
 `RUN_DIR/reference/<split>_probs.npy` + `<split>_probs.json`; a Raspberry Pi reads them back
 (`read_reference`) and never needs TensorFlow. Keras and every export are fed the same decoded
-arrays (`edgetune.runtime.load_and_preprocess`, the contract's preprocessing, which the runtime
+arrays (`edgetune.runtime.load_for_contract`, the contract's preprocessing, which the runtime
 tests hold equal to training's tf.data pipeline), so a difference measures the conversion alone.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from edgetune import UserError
-from edgetune.contract import ContractError, read_metadata, read_split, sha256_file, write_json_atomic
+from edgetune.contract import ContractError, Preprocessing, read_metadata, read_split, sha256_file, write_json_atomic
 from edgetune.runtime.postprocess import probabilities
 
 REFERENCE_DIR = "reference"
@@ -33,14 +33,17 @@ def reference_paths(run_dir: str | os.PathLike, split: str = "heldout") -> tuple
     return ref / f"{split}_probs.npy", ref / f"{split}_probs.json"
 
 
-def load_split_images(items: Sequence[tuple[Path, int]], size: Sequence[int], exif: bool = True) -> np.ndarray:
-    """Decode and preprocess (the contract, numpy only) the files of a split into one (N, H, W, 3) array."""
+def load_split_images(items: Sequence[tuple[Path, int]], preprocessing: Preprocessing) -> np.ndarray:
+    """Decode and preprocess the files of a split exactly as the contract says (the runtime's decoder, in
+    threads) into one (N, H, W, 3) float32 array."""
     from edgetune._progress import progress_bar
-    from edgetune.runtime import load_and_preprocess
+    from edgetune.runtime import default_decode_workers, load_for_contract, map_ordered
 
-    out = np.empty((len(items), int(size[0]), int(size[1]), 3), np.float32)
-    for i, (path, _) in enumerate(progress_bar(items, desc="decode", unit="img")):
-        out[i] = load_and_preprocess(path, size, exif)
+    h, w = (int(v) for v in preprocessing.size)
+    out = np.empty((len(items), h, w, 3), np.float32)
+    decoded = map_ordered(lambda item: load_for_contract(item[0], preprocessing), items, default_decode_workers())
+    for i, (_, x) in enumerate(progress_bar(decoded, total=len(items), desc="decode", unit="img")):
+        out[i] = x
     return out
 
 
@@ -67,7 +70,7 @@ def write_reference(run_dir: str | os.PathLike, split: str = "heldout", images: 
     except ImportError as exc:
         raise UserError("the Keras reference needs TensorFlow (pip install 'edgetune[train]'); on a Pi, copy "
                         f"{REFERENCE_DIR}/ from the machine that trained the model") from exc
-    x = images if images is not None else load_split_images(items, meta.preprocessing.size, meta.preprocessing.exif_orientation)
+    x = images if images is not None else load_split_images(items, meta.preprocessing)
     model = deployment_model(load_model(run / "model.keras"))
     logits = np.concatenate([np.asarray(model(x[i:i + batch_size], training=False)) for i in range(0, len(x), batch_size)])
     return save_reference(run, probabilities(logits, meta.output_kind), split)
@@ -107,7 +110,7 @@ def save_reference(run_dir: str | os.PathLike, probs: np.ndarray, split: str = "
         "files": [_rel(p, meta.source.get("data_root")) for p, _ in items],
         "targets": y.tolist(),
         "accuracy": float((probs.argmax(1) == y).mean()),
-        "preprocessing": "edgetune.runtime.load_and_preprocess (the contract in numpy)",
+        "preprocessing": meta.preprocessing.to_dict(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     })
     return npy

@@ -97,3 +97,31 @@ class QuietConsole:
             sys.stderr = self._old_stderr
         os.close(self.saved_fd)
         self.saved_fd = None
+
+
+def edgetune_warnings(command: str, verbose: bool) -> None:
+    """edgetune's own warnings as one clean line each; other libraries' warnings only with --verbose.
+
+    Warnings raised by edgetune's code (skipped files, leakage between splits, ...) are messages for
+    the user, not for a developer: no source line, no category, no file name.
+    """
+    import warnings
+
+    roots = tuple(str(p) + os.sep for p in _package_dirs())
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if str(filename).startswith(roots):
+            print(f"edgetune {command}: warning: {message}", file=sys.stderr)
+        elif verbose:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
+def _package_dirs() -> list:
+    import importlib
+    from pathlib import Path
+
+    names = ("edgetune", "edgetune.train", "edgetune.convert", "edgetune.runtime", "edgetune.benchmarks")
+    return [Path(importlib.import_module(n).__file__).resolve().parent for n in names]

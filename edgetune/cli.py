@@ -14,7 +14,7 @@ import os
 import sys
 
 from edgetune import UserError, __version__
-from edgetune._console import QuietConsole
+from edgetune._console import QuietConsole, edgetune_warnings
 from edgetune.contract import ContractError
 
 # subcommand -> (lean module with add_arguments(parser) and run(args) -> int, one-line help)
@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = args.debug or bool(os.environ.get("EDGETUNE_DEBUG"))
     verbose = args.verbose_logs or bool(os.environ.get("EDGETUNE_VERBOSE"))
     console = QuietConsole().start() if args.command in HEAVY and not verbose else None
+    edgetune_warnings(args.command, verbose)
     try:
         _require_extra(args.command)
         return int(args._run(args) or 0)
