@@ -21,7 +21,6 @@ BUNDLE`) before anything is installed on the Pi.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import shutil
@@ -35,7 +34,7 @@ from typing import Any
 
 from edgetune import UserError, __version__
 from edgetune._config import opt
-from edgetune.contract import ContractError, metadata_path_for, read_metadata
+from edgetune.contract import ContractError, metadata_path_for, read_metadata, sha256_file
 
 MANIFEST = "manifest.json"
 MANIFEST_KIND = "edgetune-bundle"
@@ -291,14 +290,6 @@ def _write_texts(tmp: Path, cfg: BundleConfig, out: Path, models: list[Path], re
     (tmp / "README.txt").write_text(text)
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _bundle_files(folder: Path) -> list[str]:
     """Every regular file under `folder` as a POSIX relative path, except those the manifest cannot list."""
     out = []
@@ -313,7 +304,7 @@ def _bundle_files(folder: Path) -> list[str]:
 
 def write_manifest(folder: Path, info: dict[str, Any]) -> dict[str, Any]:
     """List every file of `folder` with its size and sha256 in folder/manifest.json (written last)."""
-    files = [{"path": rel, "size": (folder / rel).stat().st_size, "sha256": sha256_of(folder / rel)}
+    files = [{"path": rel, "size": (folder / rel).stat().st_size, "sha256": sha256_file(folder / rel)}
              for rel in _bundle_files(folder)]
     doc = {"kind": MANIFEST_KIND, "schema": MANIFEST_SCHEMA, "edgetune": __version__,
            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **info, "files": files}
@@ -400,7 +391,7 @@ def verify_bundle(folder: str | os.PathLike) -> VerifyReport:
         size = path.stat().st_size
         if size != entry.get("size"):
             report.changed.append(f"{rel} (size {entry.get('size')} -> {size} bytes)")
-        elif sha256_of(path) != entry.get("sha256"):
+        elif sha256_file(path) != entry.get("sha256"):
             report.changed.append(f"{rel} (same size, different sha256)")
         else:
             report.checked += 1

@@ -44,6 +44,17 @@ def make_class_images(folder: Path, label_index: int, count: int, size: int = 48
     return paths
 
 
+def synth_color_image(channel: int, seed: int, size: int = 40) -> np.ndarray:
+    """An image the tiny fixture nets (tests/fixtures/models) classify by colour: a bright blob in `channel`
+    on a gradient."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    img = np.stack([xx * 160 // size, yy * 160 // size, (xx + yy) * 80 // (2 * size)], axis=-1).astype(np.int32)
+    y0, x0 = rng.integers(0, size // 2, 2)
+    img[y0:y0 + size // 2, x0:x0 + size // 2, channel] = 250
+    return np.clip(img + rng.integers(-20, 20, img.shape), 0, 255).astype(np.uint8)
+
+
 def make_image_tree(root: Path, classes=("cats", "dogs"), per_class: int = 12, size: int = 48, seed: int = 0) -> Path:
     """A single class-folder tree: root/<class>/img_NNN.jpg."""
     for k, name in enumerate(classes):

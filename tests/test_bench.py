@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import synth_color_image
 from PIL import Image
 
 from edgetune import UserError
@@ -32,14 +33,7 @@ def tiny_models(*names: str) -> list[Path]:
     return [MODELS / n for n in names]
 
 
-def synth(channel: int, seed: int, size: int = 40) -> np.ndarray:
-    """An image the tiny fixture nets classify by colour: a bright blob in `channel` on a gradient."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size]
-    img = np.stack([xx * 160 // size, yy * 160 // size, (xx + yy) * 80 // (2 * size)], axis=-1).astype(np.int32)
-    y0, x0 = rng.integers(0, size // 2, 2)
-    img[y0:y0 + size // 2, x0:x0 + size // 2, channel] = 250
-    return np.clip(img + rng.integers(-20, 20, img.shape), 0, 255).astype(np.uint8)
+synth = synth_color_image
 
 
 @pytest.fixture

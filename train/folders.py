@@ -6,7 +6,6 @@ and/or `test/` trees, or is itself a single tree that training splits determinis
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import shutil
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetune import UserError
+from edgetune.contract import sha256_file
 from edgetune.runtime.image import IMAGE_SUFFIXES, ImageError, load_image, suffix_summary, walk_files, warn_not_regular
 from edgetune.train.duplicates import HashedImage, fingerprint
 
@@ -106,7 +106,7 @@ def check_image(path: Path) -> ImageCheck:
 def _digest(path: Path) -> str | None:
     """sha256 of a regular file's bytes, or None (not a regular file, unreadable): never opens a FIFO."""
     try:
-        return sha256_bytes(path) if stat.S_ISREG(os.stat(path).st_mode) else None
+        return sha256_file(path) if stat.S_ISREG(os.stat(path).st_mode) else None
     except OSError:
         return None
 
@@ -228,14 +228,6 @@ def str_key(x) -> str:
     return str(getattr(x, "path", x))
 
 
-def sha256_bytes(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def split_folder(src: Path, dst: Path, test_fraction: float = 0.2, seed: int = 0, force: bool = False,
                  progress: bool = False) -> dict[str, tuple[int, int]]:
     """Copy a class-folder tree into DST/train/<class> and DST/test/<class>, stratified, group-aware and verified.
@@ -270,12 +262,12 @@ def split_folder(src: Path, dst: Path, test_fraction: float = 0.2, seed: int = 0
                     target = tmp / split / c / p.relative_to(src / c)
                     target.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(p, target)
-                    expected[target.relative_to(tmp)] = sha256_bytes(p)
+                    expected[target.relative_to(tmp)] = sha256_file(p)
         written = {p.relative_to(tmp) for split in ("train", "test") for p in (tmp / split).rglob("*") if p.is_file()}
         if written != set(expected):
             raise UserError(f"the copy under {dst} has {len(written)} files, expected {len(expected)}: is something "
                             "else writing there?")
         for rel, digest in expected.items():
-            if sha256_bytes(tmp / rel) != digest:
+            if sha256_file(tmp / rel) != digest:
                 raise UserError(f"the copy of {rel} differs from its source: the disk under {dst} may be failing")
     return {c: (len(train[c]), len(test[c])) for c in classes}
