@@ -11,8 +11,7 @@ same code runs on a Raspberry Pi. Names resolve lazily (PEP 562).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from edgetune._lazy import lazy_exports
 
 _EXPORTS = {
     "BenchConfig": "edgetune.benchmarks.config",
@@ -42,10 +41,4 @@ _EXPORTS = {
     "fingerprint": "edgetune.benchmarks.env",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'edgetune.benchmarks' has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

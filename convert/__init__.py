@@ -5,8 +5,7 @@ Lazy exports (PEP 562): the preset registry and the config import without Tensor
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from edgetune._lazy import lazy_exports
 
 _EXPORTS = {
     "ConvertConfig": "edgetune.convert.config",
@@ -21,10 +20,4 @@ _EXPORTS = {
     "write_flips_sheet": "edgetune.convert.flips",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'edgetune.convert' has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -6,8 +6,7 @@ be used without importing TensorFlow.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from edgetune._lazy import lazy_exports
 
 _EXPORTS = {
     "TrainConfig": "edgetune.train.config",
@@ -28,10 +27,4 @@ _EXPORTS = {
     "load_model": "edgetune.train.model",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'edgetune.train' has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)
