@@ -21,4 +21,26 @@ def edgetune_home() -> Path:
     return Path(os.environ.get("EDGETUNE_HOME", Path.home() / ".cache" / "edgetune"))
 
 
-__all__ = ["edgetune_home", "ContractError", "ModelMetadata", "Preprocessing", "UserError", "read_metadata", "write_metadata", "__version__"]
+_LAZY = {
+    "PipelineConfig": "edgetune.pipeline",
+    "PipelineResult": "edgetune.pipeline",
+    "run_pipeline": "edgetune.pipeline",
+    "BundleConfig": "edgetune.bundle",
+    "make_bundle": "edgetune.bundle",
+    "verify_bundle": "edgetune.bundle",
+    "check_output": "edgetune.outputs",
+    "staged_output": "edgetune.outputs",
+}
+
+
+def __getattr__(name: str):
+    # The main job and the bundle are public API too, imported on first use (they import the stages lazily).
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'edgetune' has no attribute {name!r}")
+
+
+__all__ = sorted(["edgetune_home", "ContractError", "ModelMetadata", "Preprocessing", "UserError", "read_metadata",
+                  "write_metadata", "__version__", *_LAZY])
