@@ -1,6 +1,6 @@
 """`Predictor`: one small protocol over LiteRT (.tflite) and ONNX Runtime (.onnx) models.
 
-    p = Predictor.from_path("export/int8.tflite")       # metadata read from export/int8.json
+    p = Predictor.from_path("export/tflite_int8.tflite")  # metadata read from export/tflite_int8.json
     probs = p.predict(batch)                             # float32 (N, H, W, 3) in 0..255 -> (N, classes)
     probs = p.predict_files(["cat.jpg"])                 # decode + preprocess per the contract
 
@@ -129,7 +129,7 @@ class Predictor:
             meta = read_metadata(meta_file)
             actual = str(backend.inputs[0].dtype)
             if meta.input.dtype and meta.input.dtype != actual:
-                # A JSON copied beside the wrong export (e.g. int8.json next to fp32.tflite) must not pass.
+                # A JSON copied beside the wrong export (e.g. tflite_int8.json next to tflite_fp32.tflite) must not pass.
                 raise UserError(f"{meta_file.name} describes a {meta.input.dtype} input but {path.name} takes {actual}: "
                                 "is the metadata from another export?")
             if label_list is not None:
