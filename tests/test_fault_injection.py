@@ -52,10 +52,10 @@ def finish(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "edgetune.cli", *args], capture_output=True, text=True, timeout=900)
 
 
-def duration(*args: str) -> float:
+def duration(*args: str, ok: tuple[int, ...] = (0,)) -> float:
     t0 = time.perf_counter()
     r = finish(*args)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode in ok, r.stderr[-3000:]
     return time.perf_counter() - t0
 
 
@@ -110,7 +110,8 @@ def test_convert_killed_at_random_moments_then_finished(data, tmp_path):
     presets = "tflite_fp32,tflite_fp16,tflite_int8"
     scratch = tmp_path / "scratch"
     subprocess.run(["cp", "-a", str(run), str(scratch)], check=True)
-    full = duration("convert", str(scratch), "--preset", presets, "--calibration-images", "8")
+    # exit 1 is a verdict (a preset failed its gate on 12 held-out images), not a crash
+    full = duration("convert", str(scratch), "--preset", presets, "--calibration-images", "8", ok=(0, 1))
     source, model_sha = digest(data), hashlib.sha256((run / "model.keras").read_bytes()).hexdigest()
     rng = np.random.default_rng(12)
     for moment in sorted(rng.uniform(0.2, 0.9, 2) * full):
@@ -128,7 +129,7 @@ def test_convert_killed_at_random_moments_then_finished(data, tmp_path):
 def test_pipeline_resumes_an_interrupted_training(data, tmp_path):
     out = tmp_path / "run"
     flags = ["pipeline", "--data", str(data), "--out", str(out), "--quick", "--quick-images", "10", "--image-size", "48",
-             "--epochs", "3", "--weights", pretrained_weights_or_none(), "--presets", "tflite_fp32", "--threads", "1",
+             "--epochs", "3", "--weights", pretrained_weights_or_none(), "--presets", "tflite_fp32,tflite_int8", "--threads", "1",
              "--min-runs", "3", "--min-time", "0", "--int8-floor", "0", "--max-drop", "100"]
     proc = start(*flags)
     state = out.with_name(out.name + ".partial") / "checkpoint" / "state.json"
