@@ -42,6 +42,20 @@ def build_flat(spec: dict) -> tfk.Model:
     return tfk.Model(inputs, outputs, name="edgetune_flat")
 
 
+def with_probabilities(model: tfk.Model, units: int) -> tfk.Model:
+    """The model's logits -> per-class probabilities: the head `edgetune.train.model.export_model` ends exports with.
+
+    One logit z becomes [0, z] (a fixed Dense) and then a softmax: [1 - sigmoid(z), sigmoid(z)]. The fine-tunes
+    train on the logits (losses from_logits); only the converted model carries the head.
+    """
+    z = model.output
+    if units == 1:
+        two = tfk.layers.Dense(2, use_bias=False, trainable=False, name="two_logits")
+        z = two(z)
+        two.set_weights([np.array([[0.0, 1.0]], np.float32)])
+    return tfk.Model(model.input, tfk.layers.Softmax(name="probabilities")(z), name=f"{model.name}_export")
+
+
 def load_weights(model: tfk.Model, weights: dict) -> None:
     loaded = 0
     for layer in model.layers:
