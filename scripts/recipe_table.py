@@ -98,8 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     rows_file = args.out / "rows.jsonl"
     rows = [json.loads(line) for line in rows_file.read_text().splitlines()] if rows_file.exists() else []
-    for name in args.sets.split(","):
-        for seed in (int(s) for s in args.seeds.split(",")):
+    # Seed-major: an interrupted table still covers every set (seed 0 of all four before seed 1 of any).
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for name in args.sets.split(","):
             for recipe in args.recipes.split(","):
                 key = {"set": name, "seed": seed, "recipe": recipe, "flags": args.flags if recipe == "default" else ""}
                 if any(all(r.get(k) == v for k, v in key.items()) for r in rows):

@@ -123,6 +123,56 @@ def test_best_weights_are_restored_and_training_stops_after_patience(tmp_path):
     assert model.get_weights()[0][0, 0] == 9.0  # patience 0: the last weights stay (the tutorial)
 
 
+def test_checkpoints_inside_a_stage_are_throttled_and_best_weights_survive_a_resume(tmp_path):
+    import keras
+
+    from edgetune.train.callbacks import BestWeights, EpochCheckpoint
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False)])
+    best = BestWeights(model, patience=3, folder=tmp_path)
+    ckpt = EpochCheckpoint(tmp_path, 1, {}, model, best=best, every=3600.0)
+    for cb in (best, ckpt):
+        cb.set_model(model)
+    model.stop_training = False
+    state = lambda: json.loads((tmp_path / "state.json").read_text())  # noqa: E731
+    for epoch, loss in enumerate([1.0, 0.5, 0.7]):
+        model.set_weights([np.full((1, 1), float(epoch + 1))])
+        best.on_epoch_end(epoch, {"val_loss": loss})
+        ckpt.on_epoch_end(epoch, {"val_loss": loss})
+        assert state()["epochs_done"] == 1  # the first epoch is saved, the next ones wait for `every` seconds
+    assert ckpt.history["val_loss"] == [1.0, 0.5, 0.7]  # the history still records every epoch
+    model.stop_training = True  # early stop (or a stage's end) is always saved, with the best epoch's weights
+    ckpt.on_epoch_end(3, {"val_loss": 0.9})
+    assert state()["epochs_done"] == 4 and state()["best"]["best_epoch"] == 2
+    resumed = BestWeights(model, patience=3, folder=tmp_path, state=state()["best"])
+    model.set_weights([np.full((1, 1), 7.0)])
+    resumed.restore()
+    assert model.get_weights()[0][0, 0] == 2.0  # epoch 2's weights, read back from best.npz
+
+
+def test_fine_tune_at_0_trains_the_whole_base_on_the_fast_path(tiny_dataset):
+    """Layer 0 is the base's InputLayer: the fast path caches the preprocessed images and trains every layer."""
+    from edgetune.train.features import FastPath
+    from edgetune.train.model import BASE, build_model, freeze_for_stage
+    from edgetune.train.splits import make_splits
+
+    cfg = tiny_train_config(tiny_dataset, tiny_dataset / "unused", feature_copies=0, fine_tune_at=0).resolve()
+    splits = make_splits(tiny_dataset, progress=False)
+    model, _ = build_model(2, (48, 48), cfg.weights, seed=0)
+    fast = FastPath(model, cfg, splits, (48, 48))
+    assert fast.stage2 and fast.n_front == 1 and fast.val[0].shape[1:] == (48, 48, 3)
+    freeze_for_stage(model, 2, 0)
+    import keras
+
+    weighted = [layer for layer in model.get_layer(BASE).layers if layer.weights]
+    assert all(layer.trainable != isinstance(layer, keras.layers.BatchNormalization) for layer in weighted)
+    from edgetune.train import load_images
+
+    x = load_images([s.path for s in splits.val], (48, 48))
+    logits_top = fast.top_model()(np.asarray(fast.val[0]), training=False).numpy()
+    np.testing.assert_allclose(logits_top, model(x, training=False).numpy(), atol=1e-4)
+
+
 # ---------------------------------------------------------------- metrics
 def test_classification_report_on_a_known_confusion():
     from edgetune.train.metrics import classification_report

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 
 import keras
@@ -15,6 +16,9 @@ import numpy as np
 
 from edgetune import UserError
 from edgetune.contract import write_json_atomic
+
+
+BEST_FILE = "best.npz"
 
 
 class NonFiniteLoss(UserError):
@@ -43,7 +47,7 @@ class BestWeights(keras.callbacks.Callback):
     """Early stopping on validation loss: stop after `patience` epochs without a new low, restore the best weights.
 
     patience 0 keeps every epoch and the last weights (the tutorial's behaviour). The best weights are
-    kept in memory and, for --resume, in `folder/best.weights.h5` (see `EpochCheckpoint`).
+    kept in memory and, for --resume, written by `EpochCheckpoint` to `folder/best.npz` (one array per weight).
     """
 
     def __init__(self, target: keras.Model, patience: int, folder: Path, state: dict | None = None):
@@ -55,16 +59,18 @@ class BestWeights(keras.callbacks.Callback):
         self.wait = state.get("wait", 0)
         self.improved = False
         self.weights = None
-        if self.best_epoch is not None and (self.folder / "best.weights.h5").is_file():
-            self.weights = self._read_file()
+        if self.best_epoch is not None and (self.folder / BEST_FILE).is_file():
+            with np.load(self.folder / BEST_FILE) as f:
+                self.weights = [f[f"w{i}"] for i in range(len(f.files))]
         self.stopped_early = False
 
-    def _read_file(self) -> list[np.ndarray]:
-        current = self.target.get_weights()
-        self.target.load_weights(self.folder / "best.weights.h5")
-        weights = self.target.get_weights()
-        self.target.set_weights(current)
-        return weights
+    def write(self) -> None:
+        """Write the best weights so far to `folder/best.npz` (atomically), for --resume."""
+        if self.weights is None:
+            return
+        tmp = self.folder / "best.tmp.npz"
+        np.savez(tmp, **{f"w{i}": w for i, w in enumerate(self.weights)})
+        os.replace(tmp, self.folder / BEST_FILE)
 
     def state(self) -> dict:
         return {"best_loss": self.best_loss, "best_epoch": self.best_epoch, "wait": self.wait}
@@ -90,17 +96,27 @@ class BestWeights(keras.callbacks.Callback):
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
-    """After every epoch: save the compiled model and the history so far (what --resume needs)."""
+    """After an epoch: save the compiled model and the history so far (what --resume needs).
+
+    Saving the full model takes seconds (1-6 s here, more than a head epoch on cached features), so
+    inside a stage a checkpoint is written at most once per `every` seconds: always after the stage's
+    first epoch and when the stage stops early (its end is saved by the trainer). --resume then
+    repeats at most `every` seconds of epochs; every=0 saves after every epoch.
+    """
 
     def __init__(self, folder: Path, stage: int, history: dict, target: keras.Model, enabled: bool = True,
-                 best: BestWeights | None = None):
+                 best: BestWeights | None = None, every: float = 0.0):
         super().__init__()
         self.folder, self.stage, self.history, self.target, self.enabled, self.best = folder, stage, history, target, enabled, best
+        self.every, self.last_save, self.best_written = every, None, None
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         for k, v in (logs or {}).items():
             self.history.setdefault(k, []).append(float(v))
         if not self.enabled:
+            return
+        stopping = bool(getattr(self.model, "stop_training", False))
+        if self.last_save is not None and not stopping and time.monotonic() - self.last_save < self.every:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = self.folder / "model.tmp.keras"
@@ -108,8 +124,9 @@ class EpochCheckpoint(keras.callbacks.Callback):
         os.replace(tmp, self.folder / "model.keras")
         state = {"stage": self.stage, "epochs_done": epoch + 1, "history": self.history}
         if self.best is not None:
-            if self.best.improved:
-                self.target.save_weights(self.folder / "best.tmp.weights.h5")
-                os.replace(self.folder / "best.tmp.weights.h5", self.folder / "best.weights.h5")
+            if self.best.best_epoch != self.best_written:  # a new best since the last checkpoint
+                self.best.write()
+                self.best_written = self.best.best_epoch
             state["best"] = self.best.state()
         write_json_atomic(self.folder / "state.json", state)
+        self.last_save = time.monotonic()

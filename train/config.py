@@ -28,7 +28,7 @@ RECIPES: dict[str, dict] = {
 }
 RECIPE_FIELDS = tuple(RECIPES["tutorial"]) + ("fine_tune_learning_rate",)
 # Flags that cannot change what a run computes: --resume may differ from the interrupted run in these.
-RESUME_FREE = ("verbose", "resume", "force", "out", "workers", "worker_index")
+RESUME_FREE = ("verbose", "resume", "force", "out", "workers", "worker_index", "checkpoint_seconds")
 
 
 @dataclass
@@ -58,7 +58,8 @@ class TrainConfig:
     flip: bool = opt("RandomFlip('horizontal') augmentation", True)
     holdout_fraction: float = opt("fraction held out when a split is missing (test from validation, as the tutorial does)", 0.2)
     seed: int = opt("seed for splits, shuffling, augmentation and initialization (runs are repeatable)", 0)
-    resume: bool = opt("continue an interrupted run from its last completed epoch (flags must match the interrupted run's)", False)
+    resume: bool = opt("continue an interrupted run from its last checkpoint (flags must match the interrupted run's)", False)
+    checkpoint_seconds: float = opt("inside a stage, save the --resume checkpoint at most once per this many seconds (always after a stage's first and last epoch); 0 = after every epoch", 60.0)
     force: bool = opt("replace an existing complete run dir", False)
     cache_features: str = opt("stage 1 fast path: auto (on when exact), memory, disk or off", "auto", choices=["auto", "memory", "disk", "off"])
     feature_copies: int | None = opt("fast path: augmented copies cached per training image besides the original; epoch e trains on copy e mod (1 + copies) (default: recipe, 1 in both)", None)
@@ -100,6 +101,7 @@ class TrainConfig:
             (c.patience >= 0, f"--patience must be >= 0, got {c.patience}"),
             (0 <= c.label_smoothing <= 0.5, f"--label-smoothing must be in [0, 0.5], got {c.label_smoothing}"),
             (c.verbose in (0, 1, 2), f"--verbose must be 0, 1 or 2, got {c.verbose}"),
+            (c.checkpoint_seconds >= 0, f"--checkpoint-seconds must be >= 0, got {c.checkpoint_seconds}"),
         ]
         for ok, message in checks:
             if not ok:

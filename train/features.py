@@ -156,9 +156,10 @@ class FastPath:
     def __init__(self, model: keras.Model, cfg, splits, size, folder=None):
         self.cfg, self.n = cfg, len(splits.classes)
         n_layers = len(model.get_layer(BASE).layers)
-        # Stage 2 can use cached activations only when there is a frozen bottom to cut off.
-        self.stage2 = cfg.fine_tune_epochs > 0 and 0 < cfg.fine_tune_at < n_layers
-        cache = FeatureCache(model, cfg.fine_tune_at if self.stage2 else None, folder)
+        self.stage2 = cfg.fine_tune_epochs > 0 and 0 <= cfg.fine_tune_at < n_layers
+        # Layer 0 of the base is its InputLayer (no weights): unfreezing from 0 or from 1 trains the same
+        # layers, so fine_tune_at 0 cuts at 1 and caches the preprocessed image copies themselves.
+        cache = FeatureCache(model, max(1, cfg.fine_tune_at) if self.stage2 else None, folder)
         self.n_front = len(cache.front)
         augment = model.get_layer(AUGMENTATION)
         has_aug = len(augment.layers) > 0

@@ -165,7 +165,9 @@ def _run_stage(run: _Run, stage: int) -> None:
     ckpt_dir = run.dirs.work / rundir.CHECKPOINT
     best = BestWeights(run.model, cfg.patience, ckpt_dir, state.get("best") if resuming else None)
     rate = cfg.learning_rate if stage == 1 else cfg.fine_tune_learning_rate
-    callbacks = [FiniteLoss(stage, rate), best, EpochCheckpoint(ckpt_dir, stage, run.history, run.model, best=best)]
+    # multi-worker: every epoch (a time-based choice could differ between workers)
+    every = cfg.checkpoint_seconds if run.loop is None else 0.0
+    callbacks = [FiniteLoss(stage, rate), best, EpochCheckpoint(ckpt_dir, stage, run.history, run.model, best=best, every=every)]
     if run.chief:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run.dirs.work / "tb"), write_graph=False, update_freq="epoch"))
     weights = recipe.class_weights(_labels(run.splits.train), run.n, cfg.class_weight)
