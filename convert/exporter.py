@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetune import UserError, __version__
-from edgetune.contract import ModelMetadata, TensorSpec, read_metadata, sha256_file, write_metadata
+from edgetune.contract import ModelMetadata, TensorSpec, sha256_file, write_metadata
 from edgetune.convert.config import ConvertConfig
 from edgetune.convert.embed import embed_metadata
 from edgetune.convert.inputs import Inputs, prepare
@@ -30,8 +30,6 @@ from edgetune.convert.presets import PRESETS, Preset, resolve
 from edgetune.convert.report import FLIPS_DIR, open_export, order_rows, summary_table, write_report
 from edgetune.convert.tfmot import WORKER_OUTPUTS as TFMOT_PRESETS
 
-EXPORT_OUTPUT_KIND = "probabilities"
-"""Every export ends in per-class probabilities (`edgetune.train.model.export_model`), whatever the run's logits."""
 VERSIONED = ("tensorflow", "tf2onnx", "onnx", "onnxruntime", "tensorflow-model-optimization", "ai-edge-litert",
              "mediapipe")
 
@@ -66,9 +64,8 @@ def _metadata(inp: Inputs, preset: Preset, model_path: Path, extra: dict) -> Mod
 
     backend = open_backend(model_path, threads=1)
     i, o = backend.inputs[0], backend.outputs[0]
-    meta = read_metadata(inp.model_file)
+    meta = inp.export_metadata()
     meta.preset = preset.name
-    meta.output_kind = EXPORT_OUTPUT_KIND
     meta.input = TensorSpec([int(v) for v in i.shape], str(np.dtype(i.dtype)), i.scale, i.zero_point)
     meta.output = TensorSpec([int(v) for v in o.shape], str(np.dtype(o.dtype)), o.scale, o.zero_point)
     meta.source = {**meta.source, "model": inp.model_file.name, "sha256": sha256_file(inp.model_file)}
