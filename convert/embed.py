@@ -20,7 +20,7 @@ from edgetune.runtime.embedded import (CONTRACT_FILE, LABELS_FILE, ONNX_CONTRACT
 
 NOT_EMBEDDED = ("parity", "conversion", "embedded")
 """Sidecar fields that describe the finished file (measured after embedding): never inside it."""
-MEDIAPIPE_HINT = 'pip install --no-deps "mediapipe>=1.2.3,<1.3"'
+MEDIAPIPE_HINT = 'pip install "edgetune[mediapipe]"'
 
 
 def contract_for_embedding(meta: ModelMetadata) -> dict:

@@ -6,7 +6,7 @@ associated file (`labels.txt`). edgetune's own contract rides along as a second 
 (`edgetune.json`, recorded in the model-level metadata), so one .tflite file carries everything
 `edgetune predict` needs (`edgetune.runtime.embedded` reads it back with zipfile, without MediaPipe).
 
-MediaPipe is an optional extra (`pip install --no-deps "mediapipe>=1.2.3,<1.3"`, see pyproject.toml):
+MediaPipe is an optional extra (`pip install "edgetune[mediapipe]"`, see pyproject.toml):
 without it `embed_contract_only` appends the same `edgetune.json` (and `labels.txt`) as a plain zip,
 the layout TFLite associated files use, and the standard metadata is skipped (said in the export's JSON).
 
@@ -21,9 +21,11 @@ import importlib
 import io
 import json
 import sys
+import tempfile
 import types
 import zipfile
 from collections.abc import Sequence
+from pathlib import Path
 
 CONTRACT_FILE = "edgetune.json"
 LABELS_FILE = "labels.txt"
@@ -149,12 +151,25 @@ def write_metadata(model: bytes, labels: Sequence[str], input_range: Sequence[fl
     md.subgraphMetadata = [subgraph]
     builder = flatbuffers.Builder(0)
     builder.Finish(md.Pack(builder), metadata.MetadataPopulator.METADATA_FILE_IDENTIFIER)
-    populator = metadata.MetadataPopulator.with_model_buffer(buf)
-    populator.load_metadata_buffer(builder.Output())
-    populator.load_associated_file_buffers({LABELS_FILE: "\n".join(labels).encode("utf-8"),
-                                            CONTRACT_FILE: _contract_bytes(contract)})
-    populator.populate()
-    return bytes(populator.get_model_buffer())
+    # with_model_file on our own temporary copy: with_model_buffer's copy is removed by a __del__ that can run
+    # at interpreter exit and print an "Exception ignored" traceback.
+    with tempfile.TemporaryDirectory(prefix="edgetune-metadata-") as tmp:
+        path = Path(tmp) / "model.tflite"
+        path.write_bytes(buf)
+        populator = metadata.MetadataPopulator.with_model_file(str(path))
+        populator.load_metadata_buffer(builder.Output())
+        populator.load_associated_file_buffers({LABELS_FILE: "\n".join(labels).encode("utf-8"),
+                                                CONTRACT_FILE: _contract_bytes(contract)})
+        populator.populate()
+        return path.read_bytes()
+
+
+def metadata_json(model_path: str | Path) -> dict:
+    """The standard metadata of a .tflite as MediaPipe's `MetadataDisplayer` shows it (needs mediapipe)."""
+    _provide_version_module()
+    from mediapipe.tasks.python.metadata import metadata
+
+    return json.loads(metadata.MetadataDisplayer.with_model_file(str(model_path)).get_metadata_json())
 
 
 def embed_contract_only(model: bytes, labels: Sequence[str], contract: dict) -> bytes:
