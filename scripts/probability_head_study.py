@@ -1,6 +1,6 @@
 """Does ending the export graph in per-class probabilities cost int8 agreement? Prints one row per variant.
 
-    python scripts/probability_head_study.py RUN [--calibration-images 200] [--out study.json]
+    python scripts/probability_head_study.py RUN [--calibration-images 200] [--kinds fp32,int8] [--out study.json]
 
 Variants, each converted from the same run with the same calibration images (convert's default sample:
 200 stratified, seed 0) and judged through the edgetune runtime against the Keras model on every held-out
@@ -65,6 +65,7 @@ def main() -> int:
     ap.add_argument("run", type=Path)
     ap.add_argument("--calibration-images", type=int, default=200)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--kinds", default="fp32,int8,int8_uint8io", help="TFLite kinds to convert (comma-separated)")
     args = ap.parse_args()
 
     import copy
@@ -94,7 +95,7 @@ def main() -> int:
         export_model(model).export(str(tmp / "probs"), verbose=False)
         probs_meta = copy.deepcopy(meta)
         probs_meta.output_kind = "probabilities"
-        for kind in ("fp32", "int8", "int8_uint8io"):
+        for kind in args.kinds.split(","):
             for graph, m in (("logits", meta), ("probs", probs_meta)):
                 path = tmp / f"{graph}_{kind}.tflite"
                 path.write_bytes(convert_saved_model(tmp / graph, kind, calibration if kind != "fp32" else None))
