@@ -34,7 +34,7 @@ class LatencyRow:
     """One latency measurement: a model (or Keras baseline) in one mode at one thread count, batch 1."""
 
     name: str
-    """Table name, e.g. 'int8.tflite' or 'keras'."""
+    """Table name, e.g. 'tflite_int8.tflite' or 'keras'."""
     mode: str
     threads: int | None
     format: str = ""

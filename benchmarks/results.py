@@ -55,7 +55,7 @@ KERAS_LABELS = {"keras_predict": "keras predict", "keras_call": "keras call", "k
 
 
 def row_label(row: dict[str, Any]) -> str:
-    """The name a latency row has in tables: 'int8.tflite', 'int8.tflite (raw invoke)', 'keras predict'."""
+    """The name a latency row has in tables: 'tflite_int8.tflite', 'tflite_int8.tflite (raw invoke)', 'keras predict'."""
     mode = row["mode"]
     if mode in KERAS_LABELS:
         return KERAS_LABELS[mode]

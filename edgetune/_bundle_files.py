@@ -70,13 +70,24 @@ fi
 
 # 3. The dependencies at the versions the model was benchmarked with, then this edgetune build itself.
 BASE="$HERE/requirements.txt"
+SYSTEM_NUMPY=0
 if [ "$CAMERA" = 1 ] && "$PY" -c 'import numpy' 2>/dev/null; then
+    SYSTEM_NUMPY=1
     grep -v '^numpy==' "$HERE/requirements.txt" > "$VENV/edgetune-requirements.txt"
     BASE="$VENV/edgetune-requirements.txt"
 fi
 REQS=(-r "$BASE")
 [ "$ONNX" = 1 ] && REQS+=(-r "$HERE/requirements-onnx.txt")
-if [ "$CAMERA" = 1 ] && [ -f "$HERE/requirements-camera.txt" ]; then REQS+=(-r "$HERE/requirements-camera.txt"); fi
+if [ "$CAMERA" = 1 ] && [ -f "$HERE/requirements-camera.txt" ]; then
+    if [ "$SYSTEM_NUMPY" = 1 ]; then
+        # pip's OpenCV wheels pin their own numpy (opencv 5 needs numpy 2), which would shadow the system numpy
+        # picamera2 is compiled against: USB cameras then use the system's OpenCV instead.
+        "$PY" -c 'import cv2' 2>/dev/null \
+            || say "note: for USB cameras and videos too: sudo apt install -y python3-opencv (pip's OpenCV would replace the system numpy)"
+    else
+        REQS+=(-r "$HERE/requirements-camera.txt")
+    fi
+fi
 say "installing the dependencies (pip, from PyPI)"
 "$VENV/bin/python" -m pip install --disable-pip-version-check --find-links "$HERE/wheels" "${REQS[@]}" \
     || die "pip could not install the dependencies (above): the Pi needs internet access to PyPI"

@@ -214,7 +214,7 @@ class ModelMetadata:
 def metadata_path_for(model_path: str | os.PathLike) -> Path:
     """Where the metadata of a model file lives.
 
-    `export/int8.tflite` -> `export/int8.json`; a run dir or its `model.keras` -> `metadata.json`.
+    `export/tflite_int8.tflite` -> `export/tflite_int8.json`; a run dir or its `model.keras` -> `metadata.json`.
     """
     p = Path(model_path)
     if p.is_dir():

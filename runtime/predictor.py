@@ -1,6 +1,6 @@
 """`Predictor`: one small protocol over LiteRT (.tflite) and ONNX Runtime (.onnx) models.
 
-    p = Predictor.from_path("export/int8.tflite")       # metadata read from export/int8.json
+    p = Predictor.from_path("export/tflite_int8.tflite")  # metadata read from export/tflite_int8.json
     probs = p.predict(batch)                             # float32 (N, H, W, 3) in 0..255 -> (N, classes)
     probs = p.predict_files(["cat.jpg"])                 # decode + preprocess per the contract
 
@@ -345,7 +345,7 @@ def _find_metadata(path: Path, backend: Any, labels: list[str] | None, size: Any
         return meta, None
     actual = str(backend.inputs[0].dtype)
     if meta.input.dtype and meta.input.dtype != actual:
-        # A JSON copied beside the wrong export (e.g. int8.json next to fp32.tflite) must not pass.
+        # A JSON copied beside the wrong export (e.g. tflite_int8.json next to tflite_fp32.tflite) must not pass.
         raise UserError(f"{described} describes a {meta.input.dtype} input but {path.name} takes {actual}: "
                         "is the metadata from another export?")
     if labels is not None:

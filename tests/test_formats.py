@@ -60,6 +60,30 @@ def test_training_input_equals_the_runtime_input_for_every_format():
     assert np.abs(trained - deployed).max() == 0.0
 
 
+def test_jpeg_draft_runs_train_with_the_runtimes_drafted_pixels(tmp_path):
+    """--jpeg-draft: training decodes large JPEGs at reduced scale exactly as the runtime does with that contract."""
+    pytest.importorskip("tensorflow")
+    from edgetune.train.config import TrainConfig
+    from edgetune.train.data import make_dataset
+    from edgetune.train.splits import Sample
+
+    from PIL import Image
+
+    paths, rng = [], np.random.default_rng(0)
+    for i in range(3):  # 400x320 textured JPEGs: at 48 px libjpeg can decode them at 1/4 scale
+        paths.append(tmp_path / f"{i}.jpg")
+        Image.fromarray(rng.integers(0, 256, (320, 400, 3), dtype=np.uint8)).save(paths[-1], quality=90)
+    cfg = TrainConfig(data=str(tmp_path), out=str(tmp_path / "run"), image_size=48, jpeg_draft=True)
+    pre = cfg.preprocessing()
+    assert pre.jpeg_draft and pre.size == (48, 48)
+    samples = [Sample(p, i % 2) for i, p in enumerate(paths)]
+    trained = np.concatenate([x.numpy() for x, _ in make_dataset(samples, pre.size, 3, 2, preprocessing=pre)])
+    drafted = np.stack([load_for_contract(p, pre) for p in paths])
+    exact = np.stack([load_for_contract(p, Preprocessing(size=(48, 48))) for p in paths])
+    assert np.abs(trained - drafted).max() == 0.0
+    assert np.abs(trained - exact).max() > 1.0  # the draft really changes the pixels, so the contract must say so
+
+
 def test_data_check_accepts_every_format(tmp_path, capsys):
     for i, name in enumerate(NAMES):
         (tmp_path / "t" / ("a", "b")[i % 2]).mkdir(parents=True, exist_ok=True)

@@ -56,6 +56,9 @@ class TrainConfig:
     class_weight: str | None = opt("loss weight per class: none, or balanced (n / (classes x n_class), for uneven classes) (default: recipe, tutorial none, default balanced)", None, choices=["none", "balanced"])
     rotation: float = opt("RandomRotation factor (fraction of a full turn); 0 disables", 0.2)
     flip: bool = opt("RandomFlip('horizontal') augmentation", True)
+    jpeg_draft: bool = opt("decode JPEGs at 1/2, 1/4 or 1/8 scale when that still covers --image-size (libjpeg's "
+                           "draft mode: several times faster to decode, other pixels); recorded in the contract, so "
+                           "the runtime decodes the same way", False)
     holdout_fraction: float = opt("fraction held out when a split is missing (test from validation, as the tutorial does)", 0.2)
     seed: int = opt("seed for splits, shuffling, augmentation and initialization (runs are repeatable)", 0)
     resume: bool = opt("continue an interrupted run from its last checkpoint (flags must match the interrupted run's)", False)
@@ -69,6 +72,12 @@ class TrainConfig:
     mixed_precision: bool = opt("float16 compute with float32 logits (for GPUs)", False)
     xla: bool = opt("compile train steps with XLA", False)
     verbose: int = opt("Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch", 1)
+
+    def preprocessing(self):
+        """The preprocessing contract this run trains with and writes into its metadata."""
+        from edgetune.contract import Preprocessing
+
+        return Preprocessing(size=(self.image_size, self.image_size), jpeg_draft=self.jpeg_draft)
 
     def resolve(self) -> TrainConfig:
         """A copy with every recipe field filled in: the flag's value where given, else the recipe's."""

@@ -54,7 +54,7 @@ def frontier(base: keras.Model, cut: int) -> list:
 class FeatureCache:
     """Per image copy: pooled features (stage 1) and frontier activations (stage 2), in memory or on disk."""
 
-    def __init__(self, model: keras.Model, cut: int | None, folder=None):
+    def __init__(self, model: keras.Model, cut: int | None, folder=None, preprocessing=None):
         base = model.get_layer(BASE)
         # cut None: stage 1 only (pooled features); else the frontier below layer `cut` as well.
         self.front = frontier(base, cut) if cut else []
@@ -69,10 +69,11 @@ class FeatureCache:
             mids, pooled = [], model.get_layer(POOLING)(base(x, training=False))
         self.extractor = keras.Model(inputs, [*mids, pooled])
         self.folder = folder
+        self.preprocessing = preprocessing  # the run's contract (JPEG draft or not); None: the defaults
 
     def compute(self, samples, size, batch_size: int, num_classes: int, augment=None, desc: str = "") -> list[np.ndarray]:
         """Arrays [frontier_0, ..., pooled] for `samples` (augmented by `augment` when given)."""
-        ds = make_dataset(samples, size, batch_size, num_classes, cache=False).map(lambda x, y: x)
+        ds = make_dataset(samples, size, batch_size, num_classes, cache=False, preprocessing=self.preprocessing).map(lambda x, y: x)
         if augment is not None:
             ds = ds.map(lambda x: augment(x, training=True))
         outputs: list[list[np.ndarray]] = []
@@ -159,7 +160,7 @@ class FastPath:
         self.stage2 = cfg.fine_tune_epochs > 0 and 0 <= cfg.fine_tune_at < n_layers
         # Layer 0 of the base is its InputLayer (no weights): unfreezing from 0 or from 1 trains the same
         # layers, so fine_tune_at 0 cuts at 1 and caches the preprocessed image copies themselves.
-        cache = FeatureCache(model, max(1, cfg.fine_tune_at) if self.stage2 else None, folder)
+        cache = FeatureCache(model, max(1, cfg.fine_tune_at) if self.stage2 else None, folder, cfg.preprocessing())
         self.n_front = len(cache.front)
         augment = model.get_layer(AUGMENTATION)
         has_aug = len(augment.layers) > 0

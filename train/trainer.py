@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from edgetune import __version__
 from edgetune._config import config_to_dict
-from edgetune.contract import ModelMetadata, Preprocessing, TensorSpec, sha256_file, write_json_atomic, write_metadata
+from edgetune.contract import ModelMetadata, TensorSpec, sha256_file, write_json_atomic, write_metadata
 from edgetune.stats import accuracy_summary
 from edgetune.train import distribute, recipe, rundir
 from edgetune.train.callbacks import BestWeights, EpochCheckpoint, FiniteLoss
@@ -100,8 +100,10 @@ def _setup(cfg: TrainConfig) -> _Run:
         (dirs.work / "labels.txt").write_text("".join(f"{c}\n" for c in splits.classes))
     write_json_atomic(dirs.work / "config.json", config_to_dict(cfg) | {"data": str(data), "replicas": strategy.num_replicas_in_sync})
     size, n = (cfg.image_size, cfg.image_size), len(splits.classes)
-    datasets = {"train": make_dataset(splits.train, size, cfg.batch_size, n, shuffle=True, seed=cfg.seed),
-                "val": make_dataset(splits.val, size, cfg.batch_size, n), "test": make_dataset(splits.test, size, cfg.batch_size, n)}
+    pre = cfg.preprocessing()
+    datasets = {"train": make_dataset(splits.train, size, cfg.batch_size, n, shuffle=True, seed=cfg.seed, preprocessing=pre),
+                "val": make_dataset(splits.val, size, cfg.batch_size, n, preprocessing=pre),
+                "test": make_dataset(splits.test, size, cfg.batch_size, n, preprocessing=pre)}
     if distribute.is_multiworker(strategy):
         datasets = {k: distribute.shard_by_data(d) for k, d in datasets.items()}
     run = _Run(cfg, strategy, chief, dirs, splits, datasets)
@@ -270,7 +272,7 @@ def _metadata(cfg: TrainConfig, splits: Splits, units: int, model_file: Path, we
     weights_sha = sha256_file(weights_source) if Path(weights_source).is_file() else None
     return ModelMetadata(
         labels=list(splits.classes),
-        preprocessing=Preprocessing(size=(size, size)),
+        preprocessing=cfg.preprocessing(),
         input=TensorSpec(shape=[1, size, size, 3], dtype="float32"),
         output=TensorSpec(shape=[1, units], dtype="float32"),
         output_kind="binary_logit" if units == 1 else "softmax_logits",
