@@ -42,6 +42,20 @@ def build_flat(spec: dict) -> tfk.Model:
     return tfk.Model(inputs, outputs, name="edgetune_flat")
 
 
+def with_probabilities(model: tfk.Model, units: int) -> tfk.Model:
+    """The model's logits -> per-class probabilities: the head `edgetune.train.model.export_model` ends exports with.
+
+    One logit z becomes [0, z] (a fixed Dense) and then a softmax: [1 - sigmoid(z), sigmoid(z)]. The fine-tunes
+    train on the logits (losses from_logits); only the converted model carries the head.
+    """
+    z = model.output
+    if units == 1:
+        two = tfk.layers.Dense(2, use_bias=False, trainable=False, name="two_logits")
+        z = two(z)
+        two.set_weights([np.array([[0.0, 1.0]], np.float32)])
+    return tfk.Model(model.input, tfk.layers.Softmax(name="probabilities")(z), name=f"{model.name}_export")
+
+
 def load_weights(model: tfk.Model, weights: dict) -> None:
     loaded = 0
     for layer in model.layers:
@@ -103,8 +117,9 @@ def teacher_targets(float_model: tfk.Model, x: np.ndarray, spec: dict) -> np.nda
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def to_tflite(model: tfk.Model, calibration: np.ndarray | None, full_integer: bool) -> bytes:
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+def to_tflite(model: tfk.Model, calibration: np.ndarray | None, full_integer: bool, units: int) -> bytes:
+    """The fine-tuned logits model converted with the probability head every export ends in."""
+    converter = tf.lite.TFLiteConverter.from_keras_model(with_probabilities(model, units))
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if full_integer:
         def gen():
@@ -250,7 +265,7 @@ def qat(job: dict, float_model: tfk.Model, x, y, calibration) -> dict:
     t0 = time.perf_counter()
     hist = model.fit(x, y, batch_size=32, epochs=job["qat_epochs"], shuffle=True, verbose=2)
     seconds = time.perf_counter() - t0
-    data = to_tflite(model, calibration, full_integer=True)
+    data = to_tflite(model, calibration, full_integer=True, units=job["spec"]["units"])
     with open(job["outputs"]["qat_int8"], "wb") as f:
         f.write(data)
     return {"qat_seconds": round(seconds, 1), "qat_ranges_initialised": n_ranges,
@@ -298,7 +313,7 @@ def prune(job: dict, float_model: tfk.Model, x, y, calibration) -> dict:
     for kind, full_integer in (("pruned_dynamic", False), ("pruned_int8", True)):
         if kind in job["outputs"]:
             with open(job["outputs"][kind], "wb") as f:
-                f.write(to_tflite(stripped, calibration, full_integer))
+                f.write(to_tflite(stripped, calibration, full_integer, job["spec"]["units"]))
     return report
 
 

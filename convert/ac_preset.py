@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetune.contract import read_metadata
 from edgetune.convert.config import ConvertConfig
 from edgetune.convert.inputs import Inputs
 from edgetune.convert.presets import Preset
@@ -26,7 +25,7 @@ LATENCY_RUNS = 40
 def _judge_bytes(inp: Inputs, cfg: ConvertConfig, preset: Preset, scratch: Path):
     from edgetune.convert.exporter import judge, predict_heldout
 
-    meta = read_metadata(inp.model_file)
+    meta = inp.export_metadata()
 
     def judge_model(model: bytes) -> tuple[float, float]:
         scratch.write_bytes(model)
@@ -40,7 +39,7 @@ def _predictor(model: bytes, inp: Inputs, path: Path, threads: int):
     from edgetune.runtime import Predictor, open_backend
 
     path.write_bytes(model)
-    return Predictor(open_backend(path, threads=threads), read_metadata(inp.model_file), path=path)
+    return Predictor(open_backend(path, threads=threads), inp.export_metadata(), path=path)
 
 
 def p50_pair(a: bytes, b: bytes, inp: Inputs, scratch: Path, threads: int, rounds: int = 6) -> tuple[float, float]:

@@ -22,14 +22,16 @@ from pathlib import Path
 import numpy as np
 
 from edgetune import UserError, __version__
-from edgetune.contract import ModelMetadata, TensorSpec, read_metadata, sha256_file, write_metadata
+from edgetune.contract import ModelMetadata, TensorSpec, sha256_file, write_metadata
 from edgetune.convert.config import ConvertConfig
+from edgetune.convert.embed import embed_metadata
 from edgetune.convert.inputs import Inputs, prepare
 from edgetune.convert.presets import PRESETS, Preset, resolve
 from edgetune.convert.report import FLIPS_DIR, open_export, order_rows, summary_table, write_report
 from edgetune.convert.tfmot import WORKER_OUTPUTS as TFMOT_PRESETS
 
-VERSIONED = ("tensorflow", "tf2onnx", "onnx", "onnxruntime", "tensorflow-model-optimization", "ai-edge-litert")
+VERSIONED = ("tensorflow", "tf2onnx", "onnx", "onnxruntime", "tensorflow-model-optimization", "ai-edge-litert",
+             "mediapipe")
 
 __all__ = ["ExportRow", "convert_run", "summary_table"]
 
@@ -52,6 +54,8 @@ class ExportRow:
     """Why it failed, was inconclusive or errored (the gate's reason)."""
     flips_sheet: str | None = None
     integer: bool = False
+    embedded: dict = field(default_factory=dict)
+    """What went inside the model file (standard TFLite metadata or why not, ONNX metadata_props)."""
 
 
 def _metadata(inp: Inputs, preset: Preset, model_path: Path, extra: dict) -> ModelMetadata:
@@ -60,7 +64,7 @@ def _metadata(inp: Inputs, preset: Preset, model_path: Path, extra: dict) -> Mod
 
     backend = open_backend(model_path, threads=1)
     i, o = backend.inputs[0], backend.outputs[0]
-    meta = read_metadata(inp.model_file)
+    meta = inp.export_metadata()
     meta.preset = preset.name
     meta.input = TensorSpec([int(v) for v in i.shape], str(np.dtype(i.dtype)), i.scale, i.zero_point)
     meta.output = TensorSpec([int(v) for v in o.shape], str(np.dtype(o.dtype)), o.scale, o.zero_point)
@@ -111,13 +115,15 @@ def _flips(inp: Inputs, preset: Preset, probs: np.ndarray, final: Path, agreemen
 def verify_and_place(inp: Inputs, cfg: ConvertConfig, preset: Preset, tmp_model: Path, seconds: float, extra: dict,
                      export: Path) -> ExportRow:
     """Metadata, load check, parity gate and flips for a written model file; renamed into export/ (or failed/)."""
-    data = tmp_model.read_bytes()
-    row = ExportRow(preset.name, size_bytes=len(data), gzip_bytes=len(gzip.compress(data, 9)), seconds=round(seconds, 1),
-                    integer=preset.integer)
     tmp_json = tmp_model.with_suffix(".json")
     try:
-        conversion = {"seconds": row.seconds, "size_bytes": row.size_bytes, "gzip_bytes": row.gzip_bytes}
-        meta = _metadata(inp, preset, tmp_model, {**extra, "conversion": conversion})
+        meta = _metadata(inp, preset, tmp_model, extra)
+        embedded = embed_metadata(tmp_model, meta)  # before sizing and parity: they describe the file that ships
+        data = tmp_model.read_bytes()
+        row = ExportRow(preset.name, size_bytes=len(data), gzip_bytes=len(gzip.compress(data, 9)),
+                        seconds=round(seconds, 1), integer=preset.integer)
+        meta.extra["conversion"] = {"seconds": row.seconds, "size_bytes": row.size_bytes, "gzip_bytes": row.gzip_bytes}
+        meta.extra["embedded"] = row.embedded = embedded
         probs = predict_heldout(tmp_model, meta, inp)
         parity = judge(inp, cfg, preset, probs)
     except Exception as exc:  # noqa: BLE001 - any failure of a converted model is that preset's error row

@@ -20,6 +20,11 @@ from edgetune.contract import ModelMetadata, read_metadata, read_split
 from edgetune.convert.config import ConvertConfig
 
 HELD_OUT = ("val", "test")
+EXPORT_OUTPUT_KIND = "probabilities"
+"""Every export ends in per-class probabilities (`edgetune.train.model.export_model`), whatever the run's logits."""
+CHECK_IMAGES = 8
+"""Held-out images the run's saved_model/ must reproduce the Keras probabilities on before convert uses it."""
+SAVED_MODEL_TOLERANCE = 1e-4
 
 
 @dataclass
@@ -44,6 +49,12 @@ class Inputs:
     @property
     def labels(self) -> list[str]:
         return list(self.meta.labels)
+
+    def export_metadata(self) -> ModelMetadata:
+        """The run's contract as an export carries it: the same labels and preprocessing, probabilities out."""
+        meta = read_metadata(self.model_file)
+        meta.output_kind = EXPORT_OUTPUT_KIND
+        return meta
 
 
 def sample(items: list, n: int, seed: int, stratified: bool = False) -> list:
@@ -105,6 +116,42 @@ def _locate(cfg: ConvertConfig) -> tuple[Path, Path]:
     return run, (path / "model.keras" if path.is_dir() else path)
 
 
+def export_saved_model(run: Path, model, tmp: Path, x: np.ndarray, expected: np.ndarray) -> Path:
+    """The SavedModel every preset converts from: the export graph ending in per-class probabilities.
+
+    The run's saved_model/ is used when it gives the Keras model's probabilities on a few held-out images;
+    otherwise (a run from an edgetune whose SavedModel ends in logits, a saved_model/ from other weights, a
+    plain .keras file) the graph is exported here from the Keras model (`edgetune.train.model.export_model`).
+    """
+    from edgetune.train.model import export_model
+
+    saved_model = run / "saved_model"
+    if (saved_model / "saved_model.pb").is_file():
+        why = _saved_model_mismatch(saved_model, x, expected)
+        if why is None:
+            return saved_model
+        print(f"note: {saved_model} {why}; converting from a probability graph exported from the Keras model",
+              file=sys.stderr)
+    out = tmp / "saved_model"
+    export_model(model).export(str(out), verbose=False)
+    return out
+
+
+def _saved_model_mismatch(saved_model: Path, x: np.ndarray, expected: np.ndarray) -> str | None:
+    """Why the SavedModel is not the Keras model's probability graph (None when it is)."""
+    import tensorflow as tf
+
+    try:
+        loaded = tf.saved_model.load(str(saved_model))  # kept referenced: `serve` reads its variables
+        got = np.asarray(loaded.serve(tf.constant(x, tf.float32)))
+    except Exception as exc:  # noqa: BLE001 - unreadable or another signature: export afresh, say why
+        return f"cannot be run ({type(exc).__name__})"
+    if got.shape != expected.shape:
+        return f"outputs shape {list(got.shape[1:])}, not one probability per class (an older run's logits)"
+    diff = float(np.abs(got - expected).max())
+    return None if diff <= SAVED_MODEL_TOLERANCE else f"differs from model.keras (max |dp| {diff:.1e})"
+
+
 def prepare(cfg: ConvertConfig, tmp: Path) -> Inputs:
     """Load the run: model, metadata, deployment SavedModel, calibration and held-out images, Keras's answers."""
     from edgetune.runtime import probabilities
@@ -126,12 +173,9 @@ def prepare(cfg: ConvertConfig, tmp: Path) -> Inputs:
     heldout_x = np.concatenate([load_items([(p, y) for p, y, s in held if s == split], meta, split, split)
                                 for split in HELD_OUT])
     deploy = deployment_model(model)
-    saved_model = run / "saved_model"
-    if not (saved_model / "saved_model.pb").is_file():  # a plain .keras file: export the deployment graph here
-        saved_model = tmp / "saved_model"
-        deploy.export(str(saved_model), verbose=False)
     logits = np.concatenate([np.asarray(deploy(heldout_x[i:i + 64], training=False)) for i in range(0, len(heldout_x), 64)])
     keras_probs = probabilities(logits, meta.output_kind)
+    saved_model = export_saved_model(run, model, tmp, heldout_x[:CHECK_IMAGES], keras_probs[:CHECK_IMAGES])
     if np.ptp(keras_probs) < 1e-6:
         print("warning: the Keras model gives the same output for every held-out image; parity numbers will say little",
               file=sys.stderr)

@@ -82,3 +82,15 @@ def quantize_dynamic_int8(fp32: Path, out: Path) -> list[str]:
     excluded = depthwise_convs(fp32)
     quantize_dynamic(str(fp32), str(out), per_channel=True, weight_type=QuantType.QInt8, nodes_to_exclude=excluded)
     return excluded
+
+
+def set_metadata_props(path: Path, props: dict[str, str]) -> None:
+    """Set string `metadata_props` on an ONNX file (keys given replace the same keys; others are kept)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in props]
+    del model.metadata_props[:]
+    for key, value in [*kept, *props.items()]:
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))

@@ -94,7 +94,8 @@ class Predictor:
         input_range: str | Sequence[float] | None = None,
         output_kind: str | None = None,
     ) -> Predictor:
-        """Load a .tflite or .onnx model and its metadata JSON (`model.json` beside `model.tflite`).
+        """Load a .tflite or .onnx model and its contract: the JSON beside it (`model.json` beside `model.tflite`),
+        else the one embedded in the file by `edgetune convert` (`edgetune.runtime.embedded`).
 
         A model without metadata (e.g. a third-party ImageNet .tflite) needs `labels`; its size
         defaults to the model's input shape, its input range to 'raw' for integer inputs (pixel values
@@ -124,34 +125,18 @@ class Predictor:
         label_list = None
         if labels is not None:
             label_list = read_labels(labels) if isinstance(labels, (str, os.PathLike)) else list(labels)
-        meta_file = metadata_path_for(path)
-        if meta_file.is_file():
-            meta = read_metadata(meta_file)
-            actual = str(backend.inputs[0].dtype)
-            if meta.input.dtype and meta.input.dtype != actual:
-                # A JSON copied beside the wrong export (e.g. tflite_int8.json next to tflite_fp32.tflite) must not pass.
-                raise UserError(f"{meta_file.name} describes a {meta.input.dtype} input but {path.name} takes {actual}: "
-                                "is the metadata from another export?")
-            if label_list is not None:
-                meta.labels = label_list
-        else:
-            if label_list is None:
-                raise UserError(f"{path} has no metadata file ({meta_file.name} beside it): pass --labels FILE "
-                                "(and --size N / --input-range if the defaults do not fit) to run it")
-            if size is None and -1 in backend.inputs[0].shape[1:3]:
-                raise UserError(f"{path} has a dynamic input size and no metadata: pass --size N")
-            meta = _metadata_from_model(backend, label_list)
+        meta, described = _find_metadata(path, backend, label_list, size)
         if preprocessing is not None:
             meta.preprocessing = preprocessing
         if size is not None:
             hw = (int(size), int(size)) if isinstance(size, (int, np.integer)) else tuple(int(v) for v in size)
-            if meta_file.is_file() and hw != tuple(meta.preprocessing.size):
-                raise UserError(f"--size {hw[0]}x{hw[1]} contradicts {meta_file.name} (size {list(meta.preprocessing.size)})")
+            if described and hw != tuple(meta.preprocessing.size):
+                raise UserError(f"--size {hw[0]}x{hw[1]} contradicts {described} (size {list(meta.preprocessing.size)})")
             meta.preprocessing.size = hw
         if output_kind is not None:
             meta.output_kind = output_kind
         rng = parse_input_range(input_range) if input_range is not None else None
-        if rng is None and not meta_file.is_file() and backend.inputs[0].quantized:
+        if rng is None and not described and backend.inputs[0].quantized:
             rng = "raw"
         return cls(backend, meta, path=path, input_range=rng)
 
@@ -330,6 +315,42 @@ class Predictor:
         d = self.input_details
         return (f"Predictor({self._name}, {self.backend_info()['backend']}, input {list(d.shape)} {d.dtype}, "
                 f"{len(self.labels)} labels, {self.metadata.output_kind})")
+
+
+def _find_metadata(path: Path, backend: Any, labels: list[str] | None, size: Any) -> tuple[ModelMetadata, str | None]:
+    """The model's contract and where it came from: sidecar JSON, else embedded, else built from flags (None).
+
+    A sidecar that contradicts the metadata inside the model is refused (`embedded.check_consistent`).
+    """
+    from edgetune.runtime.embedded import check_consistent, read_embedded
+
+    meta_file = metadata_path_for(path)
+    embedded = read_embedded(path, backend)
+    if meta_file.is_file():
+        meta, described = read_metadata(meta_file), meta_file.name
+        check_consistent(meta, embedded, meta_file.name)
+    elif embedded is not None and embedded.contract is not None:
+        meta, described = embedded.metadata(), embedded.where
+    else:
+        labels = labels if labels is not None else (embedded.labels if embedded else None)
+        if labels is None:
+            raise UserError(f"{path} has no metadata file ({meta_file.name} beside it) and none inside it: pass "
+                            "--labels FILE (and --size N / --input-range if the defaults do not fit) to run it")
+        if size is None and -1 in backend.inputs[0].shape[1:3]:
+            raise UserError(f"{path} has a dynamic input size and no metadata: pass --size N")
+        meta = _metadata_from_model(backend, labels)
+        rng = embedded.input_range() if embedded is not None and not backend.inputs[0].quantized else None
+        if rng is not None:  # a third-party model with standard TFLite metadata: its normalization
+            meta.preprocessing.input_range = rng
+        return meta, None
+    actual = str(backend.inputs[0].dtype)
+    if meta.input.dtype and meta.input.dtype != actual:
+        # A JSON copied beside the wrong export (e.g. tflite_int8.json next to tflite_fp32.tflite) must not pass.
+        raise UserError(f"{described} describes a {meta.input.dtype} input but {path.name} takes {actual}: "
+                        "is the metadata from another export?")
+    if labels is not None:
+        meta.labels = labels
+    return meta, described
 
 
 def _metadata_from_model(backend: Any, labels: list[str]) -> ModelMetadata:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,7 @@ def test_every_preset_is_exported_verified_and_described(converted, name):
     assert path.parent == (run / "export" / "failed" if row.status == "failed" else run / "export")
     meta = read_metadata(path)
     assert meta.preset == name and meta.labels == ["cats", "dogs"]
+    assert meta.output_kind == "probabilities" and meta.output.shape[-1] == 2  # N columns, also for two classes
     assert meta.source["sha256"] == read_metadata(run).source["sha256"]
     assert meta.preprocessing == read_metadata(run).preprocessing
     parity = meta.extra["parity"]
@@ -101,7 +103,7 @@ def test_nothing_half_written_stays_and_the_report_says_what_is_done(converted):
     assert done_presets(run) == set(PRESETS) == set(report["done"])
 
 
-def test_exports_predict_like_keras_through_the_runtime(converted):
+def test_exports_predict_like_keras_through_the_runtime(converted, tmp_path):
     from edgetune.contract import read_split
     from edgetune.runtime import Predictor
     from edgetune.train import load_model
@@ -112,6 +114,10 @@ def test_exports_predict_like_keras_through_the_runtime(converted):
     keras_probs = probabilities(load_model(run).predict(np.stack([_load(f) for f in files]), verbose=0), "binary_logit")
     got = Predictor.from_path(run / "export" / "tflite_fp32.tflite").predict_files(files)
     np.testing.assert_allclose(got, keras_probs, atol=1e-5)
+    for name in ("tflite_int8.tflite", "onnx_fp32.onnx"):  # the file alone (no JSON): its embedded contract
+        shutil.copy(run / "export" / name, tmp_path / name)
+        np.testing.assert_array_equal(Predictor.from_path(tmp_path / name).predict_files(files),
+                                      Predictor.from_path(run / "export" / name).predict_files(files))
 
 
 def _load(path):

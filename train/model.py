@@ -162,6 +162,29 @@ def deployment_model(model: keras.Model) -> keras.Model:
     return keras.Model(inputs, outputs, name="edgetune_deploy")
 
 
+PROBABILITIES = "probabilities"
+TWO_LOGITS = "two_logits"
+
+
+def export_model(model: keras.Model) -> keras.Model:
+    """The deployment graph ending in one probability per class: what every export (SavedModel, TFLite, ONNX) holds.
+
+    N logits get a softmax; the one logit z of a two-class model becomes [0, z] first (a fixed, bias-free
+    Dense), whose softmax is exactly [1 - sigmoid(z), sigmoid(z)]. Tools that read a classifier's output as
+    per-class scores (MediaPipe's ImageClassifier, Netron, any LiteRT sample app) then need no edgetune code;
+    the contract of such an export says `output_kind: probabilities`. model.keras keeps its logits (training
+    and the Keras reference read them).
+    """
+    deploy = deployment_model(model)
+    z = deploy.output
+    if z.shape[-1] == 1:
+        two = layers.Dense(2, use_bias=False, trainable=False, dtype="float32", name=TWO_LOGITS)
+        z = two(z)
+        two.set_weights([np.array([[0.0, 1.0]], np.float32)])
+    outputs = layers.Softmax(name=PROBABILITIES, dtype="float32")(z)
+    return keras.Model(deploy.input, outputs, name="edgetune_export")
+
+
 def load_model(path: str | os.PathLike) -> keras.Model:
     """Load a trained `model.keras` with a clear error for a missing or corrupt file."""
     p = Path(path)

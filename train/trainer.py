@@ -32,7 +32,7 @@ from edgetune.train.config import TrainConfig
 from edgetune.train.data import make_dataset
 from edgetune.train.features import FastPath, fit_stage, use_fast_path
 from edgetune.train.metrics import classification_report
-from edgetune.train.model import build_model, deployment_model, freeze_for_stage
+from edgetune.train.model import build_model, deployment_model, export_model, freeze_for_stage
 from edgetune.train.splits import Splits, make_splits
 
 
@@ -239,7 +239,7 @@ def _finish(run: _Run) -> Path:
     model_file = work / "model.keras"
     model.save(model_file)
     deploy = deployment_model(model)
-    deploy.export(str(work / "saved_model"), verbose=False)
+    export_model(model).export(str(work / "saved_model"), verbose=False)  # ends in probabilities, like every export
     run.history["stage1_epochs"] = run.metrics["stage1"].get("epochs_run", cfg.epochs)
     write_json_atomic(work / "history.json", run.history)
     from edgetune.train.report import write_reports
