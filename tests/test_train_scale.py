@@ -31,7 +31,7 @@ def test_fast_path_features_equal_the_plain_models_computation(tiny_dataset):
     from edgetune.train.model import BASE, build_model, freeze_for_stage
     from edgetune.train.splits import make_splits
 
-    cfg = tiny_train_config(tiny_dataset, tiny_dataset / "unused", feature_copies=1)
+    cfg = tiny_train_config(tiny_dataset, tiny_dataset / "unused", feature_copies=1).resolve()
     splits = make_splits(tiny_dataset, progress=False)
     model, _ = build_model(2, (48, 48), cfg.weights, seed=0)
     fast = FastPath(model, cfg, splits, (48, 48))
