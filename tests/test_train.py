@@ -137,7 +137,11 @@ def test_saved_model_and_deployment_graph_match_the_keras_model(tiny_run_dir):
     keras_logits = model.predict(x, verbose=0)
     loaded = tf.saved_model.load(str(tiny_run_dir / "saved_model"))  # keep a reference: its variables live here
     served = loaded.serve(tf.constant(x)).numpy()
-    np.testing.assert_allclose(served, keras_logits, atol=1e-5)
+    # the SavedModel every export is converted from ends in per-class probabilities ([1 - sigmoid, sigmoid] here)
+    from edgetune.runtime import probabilities
+
+    assert served.shape == (len(files), 2)
+    np.testing.assert_allclose(served, probabilities(keras_logits, "binary_logit"), atol=1e-5)
     np.testing.assert_allclose(deployment_model(model).predict(x, verbose=0), keras_logits, atol=1e-5)
     assert np.ptp(keras_logits) > 1e-3, "outputs must differ across inputs, or parity tests test nothing"
 
