@@ -40,7 +40,7 @@ def test_pipeline_quick_smoke(tmp_path: Path, capsys):
     out = tmp_path / "run"
     rc = main(["pipeline", "--data", str(data), "--out", str(out), "--quick", "--quick-images", "12", "--image-size", "48",
                "--weights", pretrained_weights_or_none(), "--threads", "1", "--min-runs", "5", "--min-time", "0",
-               # a 1+1-epoch model on 20 held-out images: the gate is relaxed here, its outcomes are tested below
+               # a 10+1-epoch model on 20 held-out images: the gate is relaxed here, its outcomes are tested below
                "--int8-floor", "0", "--max-drop", "100"])
     assert rc == 0, capsys.readouterr().err[-3000:]
     report = (out / "report.md").read_text()
