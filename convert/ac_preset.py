@@ -101,7 +101,8 @@ def export_int8_ac(inp: Inputs, cfg: ConvertConfig, preset: Preset, out: Path) -
 
     scratch = out.parent / f".{preset.name}.trial.tmp.tflite"
     try:
-        quantizer = SelectiveQuantizer(inp.saved_model, inp.calibration)
+        source, how = inp.int8_source(cfg.bias_correction)
+        quantizer = SelectiveQuantizer(source, inp.calibration)
         judge_model = _judge_bytes(inp, cfg, preset, scratch)
         plain = quantizer.model()
         agreement, drop = judge_model(plain)
@@ -120,7 +121,7 @@ def export_int8_ac(inp: Inputs, cfg: ConvertConfig, preset: Preset, out: Path) -
     by_tensor = {e.tensor: e for e in errors}
     return {"quantization": {
         "method": "int8 (float input and output), the fewest ops kept in float that meet the targets",
-        "calibration_images": len(inp.calibration), "calibration_sampling": cfg.calibration_sampling,
+        "calibration_images": len(inp.calibration), "calibration_sampling": cfg.calibration_sampling, **how,
         "targets": {"min_agreement": cfg.ac_min_agreement, "max_drop_points": cfg.max_drop,
                     "max_float_layers": cfg.ac_max_float_layers, "max_latency_ratio": cfg.ac_max_latency_ratio},
         "targets_met": any(t.met and t.float_layers == len(float_layers) for t in trials),

@@ -18,6 +18,9 @@ class ConvertConfig:
     calibration_images: int = opt("training images used to calibrate int8 ranges (seeded sample of the train split)", 200)
     calibration_sampling: str = opt("how calibration images are drawn from the train split: stratified (as even across "
                                     "classes as they allow) or random", "stratified", choices=("stratified", "random"))
+    bias_correction: bool = opt("tflite_int8, tflite_int8_uint8io and tflite_int8_ac: put each convolution's weights on "
+                                "the int8 grid before conversion and move the mean output shift that rounding causes "
+                                "into its bias (Nagel et al. 2019)", True)
     qat_epochs: int = opt("quantization-aware fine-tuning epochs (tflite_qat_int8)", 1)
     qat_learning_rate: float = opt("learning rate of the quantization-aware fine-tune (RMSprop)", 1e-5)
     qat_images: int = opt("training images used by QAT and pruning fine-tunes (0: the whole train split)", 0)

@@ -159,9 +159,10 @@ def _export_simple(inp: Inputs, preset: Preset, out: Path, cfg: ConvertConfig) -
         return export_int8_ac(inp, cfg, preset, out)
     if name.startswith("tflite_"):
         kind = name.removeprefix("tflite_")
-        calibration = inp.calibration if kind.startswith("int8") else None
-        out.write_bytes(tflite.convert_saved_model(inp.saved_model, kind, calibration))
-        return {"quantization": {"method": kind, **_calibration_info(inp, cfg, calibration is not None)}}
+        integer = kind.startswith("int8")
+        source, how = inp.int8_source(cfg.bias_correction) if integer else (inp.saved_model, {})
+        out.write_bytes(tflite.convert_saved_model(source, kind, inp.calibration if integer else None))
+        return {"quantization": {"method": kind, **_calibration_info(inp, cfg, integer), **how}}
     fp32 = out.parent / f".{name}.fp32.onnx"
     timeout = cfg.worker_timeout or None
     try:

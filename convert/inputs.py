@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,10 @@ class Inputs:
     """Split files the held-out images come from (e.g. ['splits/val.txt', 'splits/test.txt'])."""
     keras_probs: np.ndarray
     train_items: list
+    workdir: Path | None = None
+    """convert's temporary folder (derived SavedModels go there)."""
+    derived: dict = field(default_factory=dict)
+    """Derived sources computed once per convert (e.g. the bias-corrected SavedModel)."""
 
     @property
     def labels(self) -> list[str]:
@@ -55,6 +59,27 @@ class Inputs:
         meta = read_metadata(self.model_file)
         meta.output_kind = EXPORT_OUTPUT_KIND
         return meta
+
+    def int8_source(self, bias_correction: bool) -> tuple[Path, dict]:
+        """The SavedModel the int8 presets convert from, and what was done to it (for the preset's JSON).
+
+        With bias correction: a copy of the Keras model with int8-grid weights and corrected biases
+        (`edgetune.convert.bias_correction`), exported once per convert and shared by every int8 preset.
+        """
+        if not bias_correction:
+            return self.saved_model, {"bias_correction": "off"}
+        if "bias_corrected" not in self.derived:
+            from edgetune.convert.bias_correction import correct_biases
+            from edgetune.train.model import export_model, load_model
+
+            if self.workdir is None:
+                raise ValueError("Inputs.workdir is needed for derived SavedModels")
+            model = load_model(self.model_file)  # a fresh copy: the reference model keeps its weights
+            summary = correct_biases(model, self.calibration)
+            out = self.workdir / "saved_model_bias_corrected"
+            export_model(model).export(str(out), verbose=False)
+            self.derived["bias_corrected"] = (out, {"bias_correction": summary.as_dict()})
+        return self.derived["bias_corrected"]
 
 
 def sample(items: list, n: int, seed: int, stratified: bool = False) -> list:
@@ -181,4 +206,4 @@ def prepare(cfg: ConvertConfig, tmp: Path) -> Inputs:
               file=sys.stderr)
     order = [s for split in HELD_OUT for s in held if s[2] == split]  # the order heldout_x was loaded in
     return Inputs(run, model_file, meta, saved_model, model, calibration, heldout_x, np.array([y for _, y, _ in order]),
-                  [str(p) for p, _, _ in order], used, keras_probs, train_items)
+                  [str(p) for p, _, _ in order], used, keras_probs, train_items, tmp)

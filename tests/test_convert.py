@@ -306,3 +306,52 @@ def test_a_deleted_held_out_image_is_one_line(converted, tmp_path, capsys):
         gone.write_bytes(backup)
     err = capsys.readouterr().err
     assert f"{gone} (listed in the run's splits/test.txt) no longer exists" in err and "Traceback" not in err
+
+
+def test_bias_correction_puts_weights_on_the_int8_grid_and_removes_the_mean_shift(converted, tmp_path):
+    """Weights on the converter's per-channel grid (so it changes nothing), biases that cancel the rounding's mean shift."""
+    import keras
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgetune.contract import read_split
+    from edgetune.convert.bias_correction import conv_bn_pairs, correct_biases, round_per_channel
+    from edgetune.convert.tflite import convert_saved_model
+    from edgetune.train.model import BASE, PREPROCESS, export_model, load_model
+
+    run, rows = converted
+    assert rows["tflite_int8"].parity and "bias_correction" in json.loads(
+        (run / "export" / "tflite_int8.json").read_text())["quantization"]
+    x = np.stack([_load(p) for p, _ in read_split(run, "train")[:16]])
+    models = reference, rounded_only, corrected = [load_model(run / "model.keras") for _ in range(3)]
+    # Keras's ImageNet MobileNetV2 weights already lie on the int8 grid once BatchNorm is folded (only fine-tuned
+    # layers are off it), and this fixture is not fine-tuned: move the stem's kernel off the grid, alike in all three.
+    stem_kernel = np.asarray(reference.get_layer(BASE).get_layer("Conv1").kernel)
+    nudged = stem_kernel * np.random.default_rng(0).uniform(0.97, 1.03, stem_kernel.shape).astype(np.float32)
+    for model in models:
+        model.get_layer(BASE).get_layer("Conv1").kernel.assign(nudged)
+    summary = correct_biases(corrected, x)
+    assert summary.layers >= 50 and summary.max_shift > 0  # every conv + BatchNorm of MobileNetV2
+    for conv, bn in conv_bn_pairs(rounded_only.get_layer(BASE)):  # the same rounding, biases left as they were
+        depthwise = isinstance(conv, keras.layers.DepthwiseConv2D)
+        f = (np.asarray(bn.gamma) / np.sqrt(np.asarray(bn.moving_variance) + bn.epsilon)).reshape((1, 1, -1, 1) if depthwise else (1, 1, 1, -1))
+        conv.kernel.assign(round_per_channel(np.asarray(conv.kernel) * f, 2 if depthwise else 3) / f)
+
+    def stem_mean(model):  # per-channel mean of the first BatchNorm's output: its input has no upstream rounding
+        base = model.get_layer(BASE)
+        probe = keras.Model(base.inputs, base.get_layer("bn_Conv1").output)
+        return np.asarray(probe(model.get_layer(PREPROCESS)(x))).mean(axis=(0, 1, 2))
+
+    shift_rounded = np.abs(stem_mean(rounded_only) - stem_mean(reference)).max()
+    shift_corrected = np.abs(stem_mean(corrected) - stem_mean(reference)).max()
+    assert shift_rounded > 0 and shift_corrected < 0.25 * shift_rounded
+
+    export_model(corrected).export(str(tmp_path / "sm"), verbose=False)
+    interpreter = Interpreter(model_content=convert_saved_model(tmp_path / "sm", "int8", x))
+    conv, bn = conv_bn_pairs(corrected.get_layer(BASE))[0]
+    folded = np.asarray(conv.kernel) * (np.asarray(bn.gamma) / np.sqrt(np.asarray(bn.moving_variance) + bn.epsilon))
+    expected = np.transpose(folded, (3, 0, 1, 2))  # TFLite keeps conv weights as (out, h, w, in)
+    found = [d for d in interpreter.get_tensor_details() if d["dtype"] == np.int8 and tuple(d["shape"]) == expected.shape]
+    assert found, "the stem convolution's int8 weights are in the model"
+    q = interpreter.get_tensor(found[0]["index"]).astype(np.float64)
+    scales = found[0]["quantization_parameters"]["scales"].reshape(-1, 1, 1, 1)
+    np.testing.assert_allclose(q * scales, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
