@@ -244,3 +244,30 @@ def test_early_stopping_restores_the_best_epoch_in_a_real_run(tmp_path):
     val_losses = history["val_loss"][: s1["epochs_run"]]
     assert s1["best_epoch"] == int(np.argmin(val_losses)) + 1
     assert metrics["final"]["val"]["loss"] == pytest.approx(min(val_losses), rel=1e-3, abs=1e-3)
+
+
+def test_tune_searches_the_head_on_cached_features_and_trains_with_the_winner(tmp_path):
+    """--tune: every candidate is recorded, the lowest unsmoothed val loss wins, and stage 1 trains with it."""
+    from edgetune.train import train_run
+    from edgetune.train.tune import LABEL_SMOOTHING, LEARNING_RATE_FACTORS, _cross_entropy
+
+    data = tmp_path / "d"
+    for k, (name, count) in enumerate((("a", 14), ("b", 10), ("c", 8))):
+        make_class_images(data / name, k, count)
+    run = train_run(tiny_train_config(data, tmp_path / "run", epochs=3, fine_tune_epochs=1, patience=2, tune=True))
+    tune = json.loads((run / "metrics.json").read_text())["tune"]
+    rates = sorted({c["learning_rate"] for c in tune["candidates"]})
+    assert rates == pytest.approx(sorted(1e-3 * f for f in LEARNING_RATE_FACTORS))
+    assert len(tune["candidates"]) == len(LEARNING_RATE_FACTORS) * len(LABEL_SMOOTHING)
+    best = min(tune["candidates"], key=lambda c: (c["val_loss"], -c["val_accuracy"]))
+    assert tune["chosen"] == {"learning_rate": best["learning_rate"], "label_smoothing": best["label_smoothing"]}
+    config = json.loads((run / "config.json").read_text())
+    assert config["tune"] is True and config["fine_tune_learning_rate"] == pytest.approx(1e-4)  # stage 2 untouched
+    # the rule's loss is plain cross entropy, whatever smoothing a candidate trained with
+    assert _cross_entropy(np.array([[0.0, 0.0], [10.0, -10.0]]), np.array([0, 0]))[0] == pytest.approx(np.log(2) / 2, abs=1e-6)
+    assert _cross_entropy(np.array([[0.0], [0.0]]), np.array([1, 0])) == (pytest.approx(np.log(2)), 0.5)
+
+
+def test_tune_needs_cached_features():
+    with pytest.raises(UserError, match="--tune"):
+        TrainConfig(tune=True, cache_features="off").validate()

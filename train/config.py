@@ -54,6 +54,9 @@ class TrainConfig:
     patience: int | None = opt("early stopping: end a stage after this many epochs without a lower validation loss and restore its best weights; 0 = off (default: recipe, tutorial 0, default 5)", None)
     label_smoothing: float | None = opt("label smoothing of the cross entropy, 0..0.5 (default: recipe, 0 in both)", None)
     class_weight: str | None = opt("loss weight per class: none, or balanced (n / (classes x n_class), for uneven classes) (default: recipe, tutorial none, default balanced)", None, choices=["none", "balanced"])
+    tune: bool = opt("before stage 1, try stage-1 learning rates of 1/3, 1 and 3 x --learning-rate with label smoothing 0 "
+                     "and 0.1 on the fast path's cached features (seconds) and train with the lowest unsmoothed "
+                     "validation loss; the search is in metrics.json", False)
     rotation: float = opt("RandomRotation factor (fraction of a full turn); 0 disables", 0.2)
     flip: bool = opt("RandomFlip('horizontal') augmentation", True)
     jpeg_draft: bool = opt("decode JPEGs at 1/2, 1/4 or 1/8 scale when that still covers --image-size (libjpeg's "
@@ -110,6 +113,8 @@ class TrainConfig:
             (c.patience >= 0, f"--patience must be >= 0, got {c.patience}"),
             (0 <= c.label_smoothing <= 0.5, f"--label-smoothing must be in [0, 0.5], got {c.label_smoothing}"),
             (c.verbose in (0, 1, 2), f"--verbose must be 0, 1 or 2, got {c.verbose}"),
+            (not (c.tune and c.cache_features == "off"), "--tune searches on cached features: it cannot run with "
+                                                         "--cache-features off"),
             (c.checkpoint_seconds >= 0, f"--checkpoint-seconds must be >= 0, got {c.checkpoint_seconds}"),
         ]
         for ok, message in checks:

@@ -146,8 +146,26 @@ def _compile(run: _Run, stage: int) -> None:
         run.loop.compile(model.optimizer)
 
 
+def _tune(run: _Run) -> None:
+    """--tune: search the head's settings once (a resumed run reuses the search's choice) and train with them."""
+    from edgetune.train.tune import apply_choice, require_fast_path, tune_head
+
+    if "tune" not in run.metrics:
+        if run.fast is None:
+            run.fast = _fast_path(run)
+        require_fast_path(run.fast)
+        with run.strategy.scope():
+            freeze_for_stage(run.model, 1, run.cfg.fine_tune_at)
+        weights = recipe.class_weights(_labels(run.splits.train), run.n, run.cfg.class_weight)
+        run.metrics["tune"] = tune_head(run.fast, run.cfg, run.steps_per_epoch, weights)
+        write_json_atomic(run.dirs.work / "metrics.partial.json", run.metrics)  # --resume keeps this choice
+    run.cfg = apply_choice(run.cfg, run.metrics["tune"])
+
+
 def _run_stage(run: _Run, stage: int) -> None:
     """One stage: freeze and compile (unless resuming inside it), fit with its callbacks, restore the best epoch."""
+    if run.cfg.tune:
+        _tune(run)
     cfg, state = run.cfg, run.dirs.state
     last = cfg.epochs if stage == 1 else cfg.epochs + cfg.fine_tune_epochs
     resuming = bool(state) and state.get("stage") == stage and not state.get("stage_done")
