@@ -18,6 +18,7 @@ _EXPORTS = {
     "problems": "edgetune.convert.report",
     "done_presets": "edgetune.convert.report",
     "write_flips_sheet": "edgetune.convert.flips",
+    "correct_biases": "edgetune.convert.bias_correction",
 }
 
 __getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

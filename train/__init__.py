@@ -25,6 +25,7 @@ _EXPORTS = {
     "deployment_model": "edgetune.train.model",
     "freeze_for_stage": "edgetune.train.model",
     "load_model": "edgetune.train.model",
+    "tune_head": "edgetune.train.tune",
 }
 
 __getattr__, __all__ = lazy_exports(__name__, _EXPORTS)
