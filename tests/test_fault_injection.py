@@ -94,14 +94,20 @@ def test_train_killed_at_random_moments(data, tmp_path):
         assert not out.with_name(out.name + ".partial").exists()
 
 
-def _exports_are_whole(export: Path) -> None:
-    """Every model file in export/ has its metadata beside it and loads; temporaries never count as exports."""
+def _exports_are_whole(export: Path, finished: bool = False) -> None:
+    """Every model file in export/ has its metadata beside it and loads; temporaries never count as exports.
+
+    A kill can leave a temporary behind: it is a dot-file (never under a preset's name) and the next convert
+    removes it, so a finished export has none.
+    """
     from edgetune.runtime import Predictor
 
     for model in export.glob("*.tflite"):
+        if model.name.startswith("."):
+            assert ".tmp." in model.name and not finished, model
+            continue
         assert model.with_suffix(".json").is_file(), model
         Predictor.from_path(model)
-    assert not list(export.glob("*.tmp.tflite"))  # temporaries are dot-files, never under a preset's name
 
 
 def test_convert_killed_at_random_moments_then_finished(data, tmp_path):
@@ -123,7 +129,7 @@ def test_convert_killed_at_random_moments_then_finished(data, tmp_path):
     assert r.returncode in (0, 1), r.stderr[-3000:]  # 1: a preset failed its gate, which is a verdict, not a crash
     report = json.loads((run / "export" / "convert_report.json").read_text())
     assert {row["preset"] for row in report["rows"]} >= set(presets.split(","))
-    _exports_are_whole(run / "export")
+    _exports_are_whole(run / "export", finished=True)
 
 
 def test_pipeline_resumes_an_interrupted_training(data, tmp_path):

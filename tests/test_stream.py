@@ -8,6 +8,7 @@ same frames decoded to PNG (MP4 is lossy, so the frames, not the source images, 
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -383,7 +384,12 @@ def test_bad_flags(flags, message, video, capsys):
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT semantics")
 def test_ctrl_c_stops_cleanly_with_the_summary(tmp_path):
     stats = tmp_path / "stats.json"
-    proc = subprocess.Popen([sys.executable, "-m", "edgetune.cli", "stream", str(ROOT / "tests" / "fixtures" / "images"),
+    # 60 frames at 2 fps: the source lasts 30 s, so on a loaded machine the Ctrl-C still lands before it ends
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for k in range(60):
+        shutil.copy(ROOT / "tests" / "fixtures" / "images" / "img0.jpg", frames / f"f{k:02d}.jpg")
+    proc = subprocess.Popen([sys.executable, "-m", "edgetune.cli", "stream", str(frames),
                              str(MODEL), "--fps", "2", "--stats", str(stats)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = proc.stdout.readline()  # the first decision: the stream is running
