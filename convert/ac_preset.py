@@ -101,7 +101,7 @@ def export_int8_ac(inp: Inputs, cfg: ConvertConfig, preset: Preset, out: Path) -
 
     scratch = out.parent / f".{preset.name}.trial.tmp.tflite"
     try:
-        source, how = inp.int8_source(cfg.bias_correction)
+        source, how = inp.int8_source(cfg.bias_correction, cfg.weight_rounding)
         quantizer = SelectiveQuantizer(source, inp.calibration)
         judge_model = _judge_bytes(inp, cfg, preset, scratch)
         plain = quantizer.model()

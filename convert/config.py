@@ -21,6 +21,10 @@ class ConvertConfig:
     bias_correction: bool = opt("tflite_int8, tflite_int8_uint8io and tflite_int8_ac: put each convolution's weights on "
                                 "the int8 grid before conversion and move the mean output shift that rounding causes "
                                 "into its bias (Nagel et al. 2019)", True)
+    weight_rounding: str = opt("with --bias-correction, how weights reach the int8 grid: gptq (1x1 convolutions round "
+                               "with error feedback over the calibration images' input statistics, GPTQ; the rest to the "
+                               "nearest step) or nearest. Fine-tuning moves weights by less than one int8 step, so "
+                               "nearest rounding mostly undoes it", "gptq", choices=("gptq", "nearest"))
     qat_epochs: int = opt("quantization-aware fine-tuning epochs (tflite_qat_int8)", 1)
     qat_learning_rate: float = opt("learning rate of the quantization-aware fine-tune (RMSprop)", 1e-5)
     qat_images: int = opt("training images used by QAT and pruning fine-tunes (0: the whole train split)", 0)

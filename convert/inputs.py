@@ -60,26 +60,28 @@ class Inputs:
         meta.output_kind = EXPORT_OUTPUT_KIND
         return meta
 
-    def int8_source(self, bias_correction: bool) -> tuple[Path, dict]:
+    def int8_source(self, bias_correction: bool, rounding: str = "gptq") -> tuple[Path, dict]:
         """The SavedModel the int8 presets convert from, and what was done to it (for the preset's JSON).
 
-        With bias correction: a copy of the Keras model with int8-grid weights and corrected biases
-        (`edgetune.convert.bias_correction`), exported once per convert and shared by every int8 preset.
+        With bias correction: a copy of the Keras model with int8-grid weights (1x1 kernels rounded with GPTQ
+        unless `rounding` is "nearest") and corrected biases (`edgetune.convert.bias_correction`), exported
+        once per convert and shared by every int8 preset.
         """
         if not bias_correction:
             return self.saved_model, {"bias_correction": "off"}
-        if "bias_corrected" not in self.derived:
+        key = f"bias_corrected_{rounding}"
+        if key not in self.derived:
             from edgetune.convert.bias_correction import correct_biases
             from edgetune.train.model import export_model, load_model
 
             if self.workdir is None:
                 raise ValueError("Inputs.workdir is needed for derived SavedModels")
             model = load_model(self.model_file)  # a fresh copy: the reference model keeps its weights
-            summary = correct_biases(model, self.calibration)
-            out = self.workdir / "saved_model_bias_corrected"
+            summary = correct_biases(model, self.calibration, rounding=rounding)
+            out = self.workdir / f"saved_model_{key}"
             export_model(model).export(str(out), verbose=False)
-            self.derived["bias_corrected"] = (out, {"bias_correction": summary.as_dict()})
-        return self.derived["bias_corrected"]
+            self.derived[key] = (out, {"bias_correction": summary.as_dict()})
+        return self.derived[key]
 
 
 def sample(items: list, n: int, seed: int, stratified: bool = False) -> list:

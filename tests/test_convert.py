@@ -308,6 +308,26 @@ def test_a_deleted_held_out_image_is_one_line(converted, tmp_path, capsys):
     assert f"{gone} (listed in the run's splits/test.txt) no longer exists" in err and "Traceback" not in err
 
 
+def test_gptq_rounding_keeps_the_grid_and_scales_and_lowers_the_output_error():
+    """GPTQ's 1x1 kernel: the converter's per-channel grid and scales, less output error than nearest rounding."""
+    from edgetune.convert.bias_correction import gptq_round, round_per_channel
+
+    rng = np.random.default_rng(3)
+    x = np.maximum(rng.normal(size=(4000, 64)) @ rng.normal(size=(64, 64)) * 0.3 + 0.4, 0)  # correlated, ReLU-like
+    x[:, 5] = 0  # an input channel that is always zero
+    kernel = rng.normal(size=(64, 16)) * 0.05
+    gram = x.T @ x
+    q = gptq_round(kernel, gram)
+    assert np.array_equal(round_per_channel(q, 1), q) or np.allclose(round_per_channel(q, 1), q, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(np.abs(q).max(0), np.abs(kernel).max(0), rtol=1e-12)  # so the converter's scale holds
+    steps = q / (np.abs(kernel).max(0) / 127)
+    np.testing.assert_allclose(steps, np.round(steps), atol=1e-9)
+    nearest = round_per_channel(kernel, 1)
+    err = lambda w: np.linalg.norm(x @ (w - kernel))  # noqa: E731
+    assert err(q) < 0.9 * err(nearest), (err(q), err(nearest))
+    assert np.array_equal(gptq_round(nearest, gram), nearest)  # weights already on the grid stay where they are
+
+
 def test_bias_correction_puts_weights_on_the_int8_grid_and_removes_the_mean_shift(converted, tmp_path):
     """Weights on the converter's per-channel grid (so it changes nothing), biases that cancel the rounding's mean shift."""
     import keras
@@ -325,12 +345,15 @@ def test_bias_correction_puts_weights_on_the_int8_grid_and_removes_the_mean_shif
     models = reference, rounded_only, corrected = [load_model(run / "model.keras") for _ in range(3)]
     # Keras's ImageNet MobileNetV2 weights already lie on the int8 grid once BatchNorm is folded (only fine-tuned
     # layers are off it), and this fixture is not fine-tuned: move the stem's kernel off the grid, alike in all three.
-    stem_kernel = np.asarray(reference.get_layer(BASE).get_layer("Conv1").kernel)
-    nudged = stem_kernel * np.random.default_rng(0).uniform(0.97, 1.03, stem_kernel.shape).astype(np.float32)
-    for model in models:
-        model.get_layer(BASE).get_layer("Conv1").kernel.assign(nudged)
+    # The last 1x1 convolution is nudged too: off the grid, it is rounded with GPTQ.
+    for name in ("Conv1", "Conv_1"):
+        kernel = np.asarray(reference.get_layer(BASE).get_layer(name).kernel)
+        nudged = kernel * np.random.default_rng(0).uniform(0.97, 1.03, kernel.shape).astype(np.float32)
+        for model in models:
+            model.get_layer(BASE).get_layer(name).kernel.assign(nudged)
     summary = correct_biases(corrected, x)
     assert summary.layers >= 50 and summary.max_shift > 0  # every conv + BatchNorm of MobileNetV2
+    assert summary.rounding == "gptq" and summary.gptq_layers == 1 and summary.gptq_error_ratio < 1
     for conv, bn in conv_bn_pairs(rounded_only.get_layer(BASE)):  # the same rounding, biases left as they were
         depthwise = isinstance(conv, keras.layers.DepthwiseConv2D)
         f = (np.asarray(bn.gamma) / np.sqrt(np.asarray(bn.moving_variance) + bn.epsilon)).reshape((1, 1, -1, 1) if depthwise else (1, 1, 1, -1))
