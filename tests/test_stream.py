@@ -389,9 +389,12 @@ def test_ctrl_c_stops_cleanly_with_the_summary(tmp_path):
     frames.mkdir()
     for k in range(60):
         shutil.copy(ROOT / "tests" / "fixtures" / "images" / "img0.jpg", frames / f"f{k:02d}.jpg")
+    # A shell's background job (nohup, CI runners) starts with SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt handler: give the child the default disposition, as a terminal would.
     proc = subprocess.Popen([sys.executable, "-m", "edgetune.cli", "stream", str(frames),
                              str(MODEL), "--fps", "2", "--stats", str(stats)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     first = proc.stdout.readline()  # the first decision: the stream is running
     assert first.startswith("frame")
     proc.send_signal(signal.SIGINT)
