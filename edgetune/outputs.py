@@ -55,6 +55,12 @@ def mark_output(folder: str | os.PathLike, kind: str, *, complete: bool = True) 
     return marker
 
 
+def is_marker_file(name: str) -> bool:
+    """Whether `name` is the marker or one of its write-then-rename temporaries (another process may be
+    marking the same folder right now: a multi-worker run's workers all mark `RUN.partial`)."""
+    return name == MARKER or (name.startswith(f".{MARKER}.") and name.endswith(".tmp"))
+
+
 def read_marker(folder: str | os.PathLike) -> dict | None:
     """The marker of an edgetune output folder, or None (not a folder, no marker, unreadable marker)."""
     marker = Path(folder) / MARKER
@@ -132,7 +138,7 @@ def check_output(out: str | os.PathLike, kind: str, *, inputs: Iterable[str | os
     if path.is_dir():
         existing = output_kind(path)
         if existing is None:
-            if any(path.iterdir()):
+            if any(not is_marker_file(p.name) for p in path.iterdir()):
                 raise _user_error(f"{out} is a non-empty folder that edgetune did not create; edgetune never deletes "
                                   "what it did not create: choose a new or empty folder")
         elif existing != kind:

@@ -52,6 +52,18 @@ def test_output_related_to_an_input_is_refused(relation, tmp_path):
         check_output(out, "run", inputs=[data], force=True)
 
 
+def test_a_folder_another_process_is_marking_right_now_is_not_a_user_folder(tmp_path):
+    """A multi-worker run's workers mark RUN.partial concurrently: a folder holding only the marker's
+    write-then-rename temporary (caught between the write and the rename) is ours, not the user's."""
+    partial = tmp_path / "run.partial"
+    partial.mkdir()
+    (partial / f".{MARKER}.1a2b3c4d.tmp").write_text("{}")
+    assert check_output(partial, "run", force=True) == partial.resolve()
+    (partial / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="did not create"):
+        check_output(partial, "run", force=True)
+
+
 def test_force_replaces_only_same_kind(tmp_path):
     run = tmp_path / "run"
     mark_output(run, "run")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgetune import UserError
-from edgetune.outputs import check_output, mark_output, output_kind, swap_into_place
+from edgetune.outputs import check_output, is_marker_file, mark_output, output_kind, swap_into_place
 from edgetune.train.config import TrainConfig, resume_differences
 
 CHECKPOINT = "checkpoint"
@@ -50,8 +50,8 @@ def prepare(cfg: TrainConfig, data: Path, chief: bool, worker_index: int = 0) ->
     state = _resume_state(cfg, partial, work) if cfg.resume else None
     if not cfg.resume:  # a stale, failed attempt of ours is never mixed into a new run
         if chief and partial.exists():
-            for p in partial.iterdir():  # other workers' folders are theirs to reset (they may be starting now)
-                if p.name != "workers":
+            for p in partial.iterdir():  # other workers' folders are theirs to reset (they may be starting now),
+                if p.name != "workers" and not is_marker_file(p.name):  # and they may be marking the folder too
                     shutil.rmtree(p) if p.is_dir() else p.unlink()
         shutil.rmtree(worker, ignore_errors=True)
     mark_output(partial, KIND, complete=False)
