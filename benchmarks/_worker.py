@@ -29,7 +29,7 @@ def main(argv: list[str]) -> int:
         rows = bench_model(spec["model"], spec["threads"], timing, image=image, e2e_files=spec.get("e2e_files", ()),
                            labels=spec.get("labels"), size=spec.get("size"), input_range=spec.get("input_range"),
                            device=spec["device"], raw=spec.get("raw", True),
-                           decode_workers=spec.get("decode_workers"))
+                           decode_workers=spec.get("decode_workers"), interpreters=spec.get("interpreters"))
     Path(argv[1]).write_text(json.dumps([r.to_dict() for r in rows]))
     return 0
 

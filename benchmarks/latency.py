@@ -156,13 +156,15 @@ def bench_model(
     device: str = "cpu",
     raw: bool = True,
     decode_workers: int | None = None,
+    interpreters: int | None = None,
 ) -> list[LatencyRow]:
     """Latency rows of one exported model, for each thread count (batch 1).
 
     Modes: predictor (`Predictor.predict` on one preprocessed image: quantize + invoke + softmax),
     raw_invoke (the bare interpreter call on an already typed input), e2e (image file -> label, with
-    decode / resize / inference timed apart) and throughput (images/s over the files with decoding
-    in threads, beside the same files one image at a time).
+    decode / resize / inference timed apart) and throughput (images/s over the files as `predict`
+    runs a folder: N interpreters side by side, and decoding in threads for one interpreter, beside
+    the same files one image at a time).
 
     For every thread count: the model is loaded fresh (load time), one first inference is timed,
     then `Predictor.predict` and the raw interpreter `invoke_raw` are timed interleaved. With
@@ -178,6 +180,7 @@ def bench_model(
         device: 'cpu' or 'gpu' (ONNX Runtime's CUDA provider).
         raw: Also time the raw interpreter invoke (the wrapper-overhead comparison).
         decode_workers: Decode threads of the throughput row; None = the runtime's default.
+        interpreters: Interpreters side by side in the throughput row; None = what `predict` would use.
 
     Returns:
         Rows; a model that cannot run on `device` gives one `unavailable` row per thread count.
@@ -205,7 +208,7 @@ def bench_model(
         p, common = last
         files = [Path(f) for f in e2e_files]
         rows.append(_e2e_row(p, files, timing, common, base))
-        rows.append(_throughput_row(p, files, timing, common, base, decode_workers))
+        rows.append(_throughput_row(p, files, timing, common, base, decode_workers, interpreters))
     return rows
 
 
@@ -274,15 +277,20 @@ def _e2e_row(p: Any, files: list[Path], timing: Timing, common: dict, base: dict
 
 
 def _throughput_row(p: Any, files: list[Path], timing: Timing, common: dict, base: dict,
-                    workers: int | None) -> LatencyRow:
-    """Images/s over `files`: decoded in `workers` threads while the model runs, and one at a time.
+                    workers: int | None, interpreters: int | None = None) -> LatencyRow:
+    """Images/s over `files` the ways `edgetune predict` can run a folder, beside one image at a time.
 
-    One pass = every file once (file -> probabilities). Passes of both kinds are interleaved, so
-    both see the same machine; the row's p50/p99 are per image (pass time / files).
+    One pass = every file once (file -> probabilities): one at a time (decode, then the model, in one
+    thread); decoding in `workers` threads while the model runs; and, when `interpreters` > 1, that
+    many interpreters side by side (each with threads / N threads, decoding its own images). Passes of
+    all kinds are interleaved, so they see the same machine. The row's p50/p99 (per image: pass time /
+    files) and images/s are those of what `predict` does by default on this folder.
     """
-    from edgetune.runtime import default_decode_workers, map_ordered
+    from edgetune.runtime import default_decode_workers, default_interpreters, map_ordered
 
     workers = default_decode_workers() if workers is None else workers
+    device = p.backend_info().get("device", "cpu")
+    n = default_interpreters(p.backend.threads, len(files), device) if interpreters is None else interpreters
 
     def sequential() -> None:
         for f in files:
@@ -292,14 +300,23 @@ def _throughput_row(p: Any, files: list[Path], timing: Timing, common: dict, bas
         for _, x in map_ordered(p.load, files, workers):
             p.predict(x[None])
 
-    passes = time_calls([sequential, pipelined], Timing(warmup=1, min_runs=3, min_time_s=timing.min_time_s,
-                                                        max_runs=timing.max_runs))
-    seq, pipe = (np.asarray(s) / len(files) for s in passes)  # ms per image, one value per pass
-    row = LatencyRow(mode="throughput", **{**common, "peak_rss_mb": peak_rss_mb()}, **base, **summarize(pipe))
-    row.throughput_ips = 1000.0 / float(np.median(pipe))
-    row.extra.update(decode_workers=workers, images=len(files), passes=int(pipe.size),
-                     sequential_ips=1000.0 / float(np.median(seq)),
-                     speedup=float(np.median(seq) / np.median(pipe)))
+    def side_by_side() -> None:
+        for _ in p.classify_files(files, interpreters=n):
+            pass
+
+    variants = [sequential, pipelined] + ([side_by_side] if n > 1 else [])
+    if n > 1:
+        p.replicas(n)  # loaded before timing, as predict loads them before its first image
+    passes = time_calls(variants, Timing(warmup=1, min_runs=3, min_time_s=timing.min_time_s, max_runs=timing.max_runs))
+    seq, pipe, *par = (np.asarray(s) / len(files) for s in passes)  # ms per image, one value per pass
+    default = par[0] if par else pipe
+    row = LatencyRow(mode="throughput", **{**common, "peak_rss_mb": peak_rss_mb()}, **base, **summarize(default))
+    row.throughput_ips = 1000.0 / float(np.median(default))
+    row.extra.update(decode_workers=workers, interpreters=n, images=len(files), passes=int(pipe.size),
+                     sequential_ips=1000.0 / float(np.median(seq)), decode_pool_ips=1000.0 / float(np.median(pipe)),
+                     parallel_ips=1000.0 / float(np.median(par[0])) if par else None,
+                     interpreter_threads=p.replicas(n)[0].backend.threads if n > 1 else p.backend.threads,
+                     speedup=float(np.median(seq) / np.median(default)))
     return row
 
 

@@ -310,6 +310,12 @@ def _image_path_note(row: dict[str, Any]) -> str:
                 f"{x['inference_p50_ms']:.2f} ms{', JPEG draft' if x.get('jpeg_draft') else ''}, {row['threads']} threads")
     if row["mode"] == "e2e" and x.get("decode_resize_p50_ms") is not None:  # results written before the split
         return f"decode+resize p50 {x['decode_resize_p50_ms']:.2f} ms, {row['threads']} threads"
+    if row["mode"] == "throughput" and x.get("parallel_ips") and x.get("sequential_ips"):
+        n, w = x["interpreters"], x["decode_workers"]
+        return (f"{x['parallel_ips']:.0f} img/s with {n} interpreters of {x.get('interpreter_threads') or 1} thread(s) side by "
+                f"side vs {x['sequential_ips']:.0f} one at a time ({x['speedup']:.2f}x); "
+                f"{x['decode_pool_ips']:.0f} img/s decoding in {w} thread{'s' if w != 1 else ''} for one "
+                f"{row['threads']}-thread interpreter")
     if row["mode"] == "throughput" and x.get("sequential_ips") and row.get("throughput_ips"):
         w = x["decode_workers"]
         return (f"{row['throughput_ips']:.0f} img/s decoding in {w} thread{'s' if w != 1 else ''} vs "

@@ -30,7 +30,8 @@ ROW_FIELDS = {
 }
 EXTRA_FIELDS = {"predictor_over_raw_p50": NUM, "predictor_over_raw_mean": NUM, "decode_p50_ms": NUM, "resize_p50_ms": NUM,
                 "inference_p50_ms": NUM, "decode_resize_p50_ms": NUM, "sequential_ips": NUM, "speedup": NUM,
-                "decode_workers": INT, "images": INT, "jpeg_draft": BOOL}
+                "decode_workers": INT, "images": INT, "jpeg_draft": BOOL, "interpreters": INT, "decode_pool_ips": NUM,
+                "parallel_ips": NUM, "interpreter_threads": INT}
 """Numbers in a latency row's `extra` that the tables print."""
 DEVICE_FIELDS = {"name": STR, "kind": STR, "python": STR, "cpu": DICT, "os": DICT, "libraries": DICT, "thermal": DICT}
 

@@ -3,6 +3,7 @@
     from edgetune.runtime import Predictor
     p = Predictor.from_path("export/tflite_int8.tflite")    # metadata from export/tflite_int8.json
     probs = p.predict_files(["cat.jpg"])                    # (N, classes), index-aligned with p.labels
+    probs = p.predict_files(paths, interpreters=2)          # a folder: 2 interpreters side by side
 
     from edgetune.runtime import StreamRunner, open_source  # what `edgetune stream` runs
     runner = StreamRunner(open_source("0", load_image=p.decode), p, emit=print)
@@ -13,7 +14,7 @@ OpenCV and picamera2 only when a stream opens a camera, video or URL.
 """
 
 from edgetune.runtime._backends import DEVICES, TensorDetails, default_threads, open_backend
-from edgetune.runtime._parallel import default_decode_workers, map_ordered
+from edgetune.runtime._parallel import default_decode_workers, default_interpreters, map_ordered, map_ordered_pooled
 from edgetune.runtime.image import (ImageError, decode_for_contract, find_images, load_and_preprocess, load_for_contract,
                                      load_image, preprocess, resize_bilinear)
 from edgetune.runtime.postprocess import OUTPUT_KINDS, probabilities
@@ -35,6 +36,7 @@ __all__ = [
     "StreamStats",
     "TensorDetails",
     "default_decode_workers",
+    "default_interpreters",
     "decode_for_contract",
     "default_threads",
     "find_images",
@@ -43,6 +45,7 @@ __all__ = [
     "load_for_contract",
     "load_image",
     "map_ordered",
+    "map_ordered_pooled",
     "open_backend",
     "open_source",
     "parse_input_range",

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
     from edgetune import UserError
     from edgetune.runtime import ImageError, Predictor, find_images
-    from edgetune.runtime._parallel import default_decode_workers, map_ordered
+    from edgetune.runtime._parallel import default_decode_workers, default_interpreters, map_ordered
     from edgetune.runtime.config import PredictConfig
 
     cfg = config_from_args(PredictConfig, args)
@@ -41,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be >= 1, got {cfg.batch_size}")
     if cfg.decode_workers is not None and cfg.decode_workers < 0:
         raise UserError(f"--decode-workers must be >= 0, got {cfg.decode_workers}")
+    if cfg.interpreters is not None and cfg.interpreters < 1:
+        raise UserError(f"--interpreters must be >= 1, got {cfg.interpreters}")
     predictor = Predictor.from_path(args.model, labels=cfg.labels, size=cfg.size, threads=cfg.threads, device=cfg.device,
                                     input_range=cfg.input_range, output_kind=cfg.output_kind)
     if cfg.input_range is not None and predictor.metadata.preset != "external":
@@ -55,39 +57,54 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"no images found in {' '.join(args.images)} ({found or 'edgetune reads ' + ' '.join(IMAGE_SUFFIXES)})")
     k = min(cfg.top_k, len(predictor.labels))
     workers = default_decode_workers() if cfg.decode_workers is None else cfg.decode_workers
+    interpreters = (default_interpreters(cfg.threads, len(paths), cfg.device) if cfg.interpreters is None
+                    else cfg.interpreters)
     results: list[dict] = []
     errors: list[dict] = []
+
+    def report(path: str, p: np.ndarray) -> None:
+        top = np.argsort(-p, kind="stable")[:k]
+        row = {"path": path, "top": [{"label": predictor.labels[i], "index": int(i), "probability": float(p[i])} for i in top]}
+        results.append(row)
+        if not cfg.json:
+            print(f"{path}: " + ", ".join(f"{t['label']} ({t['probability']:.4f})" for t in row["top"]), flush=True)
 
     def flush(batch_paths: list[str], arrays: list) -> None:
         if not arrays:
             return
-        probs = predictor.predict(np.stack(arrays))
-        for path, p in zip(batch_paths, probs):
-            top = np.argsort(-p, kind="stable")[:k]
-            row = {"path": path, "top": [{"label": predictor.labels[i], "index": int(i), "probability": float(p[i])} for i in top]}
-            results.append(row)
-            if not cfg.json:
-                print(f"{path}: " + ", ".join(f"{t['label']} ({t['probability']:.4f})" for t in row["top"]), flush=True)
+        for path, p in zip(batch_paths, predictor.predict(np.stack(arrays))):
+            report(path, p)
         batch_paths.clear()
         arrays.clear()
 
-    batch_paths: list[str] = []
-    arrays: list = []
-    # Images are decoded in `workers` threads while the model runs; results come back in input order.
-    decoded = map_ordered(predictor.load, paths, workers, catch=ImageError)
-    for path, x in _progress(decoded, len(paths), len(paths) > LONG_RUN):
-        if isinstance(x, ImageError):
-            errors.append({"path": path, "error": str(x)})
-            print(f"edgetune predict: error: {x}", file=sys.stderr, flush=True)
-            continue
-        arrays.append(x)
-        batch_paths.append(path)
-        if len(arrays) >= cfg.batch_size:
-            flush(batch_paths, arrays)
-    flush(batch_paths, arrays)
+    def failed(path: str, exc: ImageError) -> None:
+        errors.append({"path": path, "error": str(exc)})
+        print(f"edgetune predict: error: {exc}", file=sys.stderr, flush=True)
+
+    show = len(paths) > LONG_RUN
+    if interpreters > 1:
+        # N interpreters each decode and classify their own images side by side; results in input order.
+        for path, p in _progress(predictor.classify_files(paths, interpreters, catch=ImageError), len(paths), show):
+            failed(path, p) if isinstance(p, ImageError) else report(path, p)
+    else:
+        batch_paths: list[str] = []
+        arrays: list = []
+        # Images are decoded in `workers` threads while the model runs; results come back in input order.
+        decoded = map_ordered(predictor.load, paths, workers, catch=ImageError)
+        for path, x in _progress(decoded, len(paths), show):
+            if isinstance(x, ImageError):
+                failed(path, x)
+                continue
+            arrays.append(x)
+            batch_paths.append(path)
+            if len(arrays) >= cfg.batch_size:
+                flush(batch_paths, arrays)
+        flush(batch_paths, arrays)
     if cfg.json:
         doc = {"model": str(args.model), "labels": len(predictor.labels), "output_kind": predictor.metadata.output_kind,
-               "backend": predictor.backend_info(), "predictions": results, "errors": errors}
+               "backend": predictor.backend_info(), "interpreters": interpreters,
+               "interpreter_threads": predictor.replicas(interpreters)[0].backend.threads if interpreters > 1
+               else predictor.backend.threads, "predictions": results, "errors": errors}
         print(json.dumps(doc, indent=2))
     if errors:
         print(f"edgetune predict: {len(errors)} of {len(paths)} images failed", file=sys.stderr)

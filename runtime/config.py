@@ -25,7 +25,11 @@ class PredictConfig:
                                   "[0,1] outputs and logits otherwise", None, choices=("binary_logit", "softmax_logits", "probabilities"))
     batch_size: int = opt("images decoded and run per batch", 32)
     decode_workers: int | None = opt("threads decoding the next images while the model runs (0: decode in the main "
-                                     "thread); None = one per core beyond the first, at least 1, at most 4", None)
+                                     "thread); None = one per core beyond the first, at least 1, at most 4. Used "
+                                     "with one interpreter", None)
+    interpreters: int | None = opt("interpreters classifying images side by side, each with --threads / N threads "
+                                   "(at least 1) and decoding its own images; None = one per core of --threads (at "
+                                   "most 4) for 16 images or more on CPU, else 1. Same probabilities either way", None)
 
 
 @dataclass

@@ -3,6 +3,7 @@
     p = Predictor.from_path("export/tflite_int8.tflite")  # metadata read from export/tflite_int8.json
     probs = p.predict(batch)                             # float32 (N, H, W, 3) in 0..255 -> (N, classes)
     probs = p.predict_files(["cat.jpg"])                 # decode + preprocess per the contract
+    for path, probs in p.classify_files(paths, interpreters=2): ...  # a folder, 2 interpreters side by side
 
 Everything about the model's input and output comes from two places, never from constants: the
 metadata JSON beside the model (labels, size, input range, output kind) and the interpreter's
@@ -11,8 +12,9 @@ own tensor details (dtype, quantization scale and zero point).
 
 from __future__ import annotations
 
+import copy
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ import numpy as np
 from edgetune import UserError
 from edgetune.contract import ModelMetadata, Preprocessing, TensorSpec, metadata_path_for, read_metadata
 from edgetune.runtime._backends import TensorDetails, open_backend
-from edgetune.runtime._parallel import default_decode_workers, map_ordered
+from edgetune.runtime._parallel import default_decode_workers, map_ordered, map_ordered_pooled
 from edgetune.runtime.image import decode_for_contract, load_for_contract
 from edgetune.runtime.postprocess import probabilities
 
@@ -76,6 +78,9 @@ class Predictor:
         self.input_details: TensorDetails = backend.inputs[0]
         self.output_details: TensorDetails = backend.outputs[0]
         self.size: tuple[int, int] = tuple(metadata.preprocessing.size)
+        # What `replica` needs to build the same predictor again (the range before it is resolved below).
+        self._input_range_arg = input_range
+        self._replicas: list[Predictor] = []
         self._check_shapes()
         self._prepare_input(input_range if input_range is not None else metadata.preprocessing.input_range)
         self._prepare_output()
@@ -275,18 +280,23 @@ class Predictor:
         return load_for_contract(path, self.metadata.preprocessing)
 
     def predict_files(self, paths: Sequence[str | os.PathLike], batch_size: int = 32,
-                      decode_workers: int | None = None) -> np.ndarray:
+                      decode_workers: int | None = None, interpreters: int = 1) -> np.ndarray:
         """Decode, preprocess (per the contract) and classify image files.
 
         Args:
             paths: Image files.
-            batch_size: Images per `predict` call.
+            batch_size: Images per `predict` call (one interpreter).
             decode_workers: Threads decoding the next images while the model runs (0: none, in
-                this thread); None = `default_decode_workers()`.
+                this thread); None = `default_decode_workers()`. One interpreter only.
+            interpreters: Interpreters classifying images side by side (`classify_files`); > 1
+                replaces the decode threads (each interpreter's thread decodes its own image).
 
         Raises:
             ImageError: A file is missing or not a readable image (use `predict` per file to go on).
         """
+        if interpreters > 1:
+            rows = [probs for _, probs in self.classify_files(paths, interpreters=interpreters)]
+            return np.stack(rows) if rows else np.zeros((0, len(self.labels)), np.float32)
         workers = default_decode_workers() if decode_workers is None else decode_workers
         out, batch = [], []
         for _, x in map_ordered(self.load, paths, workers):
@@ -297,6 +307,54 @@ class Predictor:
         if batch:
             out.append(self.predict(np.stack(batch)))
         return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
+
+    def classify_files(self, paths: Sequence[str | os.PathLike], interpreters: int = 1,
+                       decode_workers: int | None = None,
+                       catch: type[BaseException] | tuple[type[BaseException], ...] = ()
+                       ) -> Iterator[tuple[str | os.PathLike, np.ndarray | BaseException]]:
+        """Yield `(path, probabilities)` for image files in input order, computed ahead in threads.
+
+        With `interpreters` = 1 the next images are decoded in `decode_workers` threads while this
+        predictor's interpreter runs. With N > 1, N replicas of the model (`replica`, each with this
+        predictor's threads / N interpreter threads, at least 1) each decode and classify one image at
+        a time, side by side; the probabilities are the same as one interpreter's.
+
+        Args:
+            catch: Exception types (e.g. `ImageError`) yielded in place of the probabilities instead
+                of ending the iteration.
+        """
+        if interpreters < 1:
+            raise ValueError(f"interpreters must be >= 1, got {interpreters}")
+        if interpreters == 1:
+            workers = default_decode_workers() if decode_workers is None else decode_workers
+            for path, x in map_ordered(self.load, paths, workers, catch=catch):
+                yield path, x if isinstance(x, BaseException) else self.predict(x[None])[0]
+            return
+
+        def classify(p: Predictor, path: str | os.PathLike) -> np.ndarray:
+            return p.predict(p.load(path)[None])[0]
+
+        yield from map_ordered_pooled(classify, paths, self.replicas(interpreters), catch=catch)
+
+    def replicas(self, n: int) -> list[Predictor]:
+        """`n` predictors on this model, each with its own interpreter of this one's threads / n threads (at
+        least 1); made once and kept, since interpreters are not thread-safe and loading one costs time."""
+        if len(self._replicas) != n:
+            threads = max(1, int(self.backend.threads) // n)
+            self._replicas = [self.replica(threads) for _ in range(n)]
+        return self._replicas
+
+    def replica(self, threads: int | None = None) -> Predictor:
+        """A predictor on the same file and contract with its own interpreter of `threads` threads.
+
+        Raises:
+            ValueError: This predictor was not loaded from a file.
+        """
+        if self.path is None:
+            raise ValueError("only a predictor loaded from a model file can be replicated")
+        device = self.backend.info().get("device", "cpu")
+        backend = open_backend(self.path, threads=threads, device=device)
+        return Predictor(backend, copy.deepcopy(self.metadata), path=self.path, input_range=self._input_range_arg)
 
     def invoke_raw(self, x: np.ndarray) -> np.ndarray:
         """One raw interpreter call on an already typed (quantized) input of the model's shape.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from PIL import Image
 from edgetune.cli import main
 from edgetune.contract import ContractError, Preprocessing, read_metadata, write_metadata
 from edgetune.runtime import ImageError, Predictor, load_image, resize_bilinear
-from edgetune.runtime._parallel import map_ordered
+from edgetune.runtime._parallel import default_interpreters, map_ordered, map_ordered_pooled
 from edgetune.runtime.image import EXIF_ORIENTATION_TAG, _axis_weights, jpeg_draft
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,6 +146,64 @@ def test_predict_with_decode_threads_matches_one_thread(tmp_path, capsys):
     assert np.array_equal(p.predict_files(files, decode_workers=2), p.predict_files(files, decode_workers=0))
 
 
+def test_map_ordered_pooled_never_lends_a_resource_to_two_threads_at_once():
+    lock = threading.Lock()
+    busy: set[int] = set()
+    clashes: list[int] = []
+
+    def work(resource: int, i: int) -> tuple[int, int]:
+        with lock:
+            if resource in busy:
+                clashes.append(resource)
+            busy.add(resource)
+        time.sleep(random.random() * 0.005)
+        with lock:
+            busy.discard(resource)
+        if i == 4:
+            raise ImageError("four is unreadable")
+        return i, resource
+
+    out = list(map_ordered_pooled(work, range(30), [0, 1, 2], catch=ImageError))
+    assert [i for i, _ in out] == list(range(30)) and isinstance(out[4][1], ImageError)
+    assert not clashes and {r for i, (j, r) in ((i, v) for i, v in out if i != 4)} <= {0, 1, 2}
+    with pytest.raises(ValueError):
+        list(map_ordered_pooled(work, range(3), []))
+
+
+def test_default_interpreters_one_per_core_of_the_budget_for_folders_only(monkeypatch):
+    monkeypatch.setattr("edgetune.runtime._parallel.available_cores", lambda: 4)
+    assert default_interpreters(None, 100) == 4
+    assert default_interpreters(2, 100) == 2  # --threads 2 is the whole budget
+    assert default_interpreters(1, 100) == 1
+    assert default_interpreters(16, 100) == 4  # never more than the cores (and 4)
+    assert default_interpreters(None, 15) == 1  # a few images: extra interpreters do not pay for their load
+    assert default_interpreters(None, 100, device="gpu") == 1
+
+
+def test_predict_with_interpreters_side_by_side_matches_one_interpreter(tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(20):
+        jpeg(folder / f"{i:02d}.jpg", 40 + 7 * i, 50 + 3 * i)
+    (folder / "05.jpg").write_bytes(b"not a jpeg")
+    docs = []
+    for n in ("1", "3"):
+        assert main(["predict", str(MODEL), str(folder), "--json", "--interpreters", n, "--threads", "3"]) == 1
+        docs.append(json.loads(capsys.readouterr().out))
+    assert docs[0]["predictions"] == docs[1]["predictions"] and len(docs[0]["predictions"]) == 19
+    assert [r["path"] for r in docs[1]["predictions"]] == sorted(str(f) for f in folder.glob("*.jpg") if f.name != "05.jpg")
+    assert [e["path"] for e in docs[1]["errors"]] == [str(folder / "05.jpg")]
+    assert (docs[0]["interpreters"], docs[1]["interpreters"], docs[1]["interpreter_threads"]) == (1, 3, 1)
+    p = Predictor.from_path(MODEL, threads=2)
+    files = sorted(str(f) for f in folder.glob("*.jpg") if f.name != "05.jpg")
+    assert np.array_equal(p.predict_files(files, interpreters=2), p.predict_files(files, decode_workers=0))
+    assert [r.backend.threads for r in p.replicas(2)] == [1, 1] and p.replicas(2) is p.replicas(2)
+    onnx = Predictor.from_path(MODEL.parent / "tiny3_fp32_onnx.onnx", threads=2)  # ONNX Runtime sessions too
+    np.testing.assert_allclose(onnx.predict_files(files, interpreters=2), onnx.predict_files(files, decode_workers=0), atol=1e-6)
+    assert main(["predict", str(MODEL), str(folder), "--interpreters", "0"]) == 2
+    assert "--interpreters must be >= 1" in capsys.readouterr().err
+
+
 def test_bench_rows_break_file_to_label_down_and_time_folder_throughput():
     from edgetune.benchmarks.latency import Timing, bench_model
     from edgetune.benchmarks.results import latency_table
@@ -158,3 +217,11 @@ def test_bench_rows_break_file_to_label_down_and_time_folder_throughput():
     assert tp.extra["decode_workers"] == 2 and tp.extra["passes"] >= 3 and tp.p50_ms <= tp.p99_ms
     table = latency_table({"latency": [r.to_dict() for r in rows]})
     assert "(folder throughput)" in table and "decoding in 2 threads" in table and "p50 decode" in table
+    assert tp.extra["interpreters"] == 1 and tp.extra["parallel_ips"] is None  # 1 thread in all: one interpreter
+
+    rows = bench_model(MODEL, [2], Timing(warmup=1, min_runs=3, min_time_s=0.01), e2e_files=images, interpreters=2)
+    tp = next(r for r in rows if r.mode == "throughput")
+    assert tp.extra["interpreters"] == 2 and tp.extra["interpreter_threads"] == 1
+    assert tp.extra["parallel_ips"] > 0 and tp.extra["decode_pool_ips"] > 0
+    assert tp.throughput_ips == pytest.approx(tp.extra["parallel_ips"])
+    assert "2 interpreters of 1 thread(s) side by side" in latency_table({"latency": [r.to_dict() for r in rows]})
