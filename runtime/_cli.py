@@ -69,14 +69,6 @@ def run(args: argparse.Namespace) -> int:
         if not cfg.json:
             print(f"{path}: " + ", ".join(f"{t['label']} ({t['probability']:.4f})" for t in row["top"]), flush=True)
 
-    def flush(batch_paths: list[str], arrays: list) -> None:
-        if not arrays:
-            return
-        for path, p in zip(batch_paths, predictor.predict(np.stack(arrays))):
-            report(path, p)
-        batch_paths.clear()
-        arrays.clear()
-
     def failed(path: str, exc: ImageError) -> None:
         errors.append({"path": path, "error": str(exc)})
         print(f"edgetune predict: error: {exc}", file=sys.stderr, flush=True)
@@ -87,19 +79,9 @@ def run(args: argparse.Namespace) -> int:
         for path, p in _progress(predictor.classify_files(paths, interpreters, catch=ImageError), len(paths), show):
             failed(path, p) if isinstance(p, ImageError) else report(path, p)
     else:
-        batch_paths: list[str] = []
-        arrays: list = []
         # Images are decoded in `workers` threads while the model runs; results come back in input order.
-        decoded = map_ordered(predictor.load, paths, workers, catch=ImageError)
-        for path, x in _progress(decoded, len(paths), show):
-            if isinstance(x, ImageError):
-                failed(path, x)
-                continue
-            arrays.append(x)
-            batch_paths.append(path)
-            if len(arrays) >= cfg.batch_size:
-                flush(batch_paths, arrays)
-        flush(batch_paths, arrays)
+        decoded = _progress(map_ordered(predictor.load, paths, workers, catch=ImageError), len(paths), show)
+        _run_batches(predictor, decoded, cfg.batch_size, report, failed)
     if cfg.json:
         doc = {"model": str(args.model), "labels": len(predictor.labels), "output_kind": predictor.metadata.output_kind,
                "backend": predictor.backend_info(), "interpreters": interpreters,
@@ -110,6 +92,33 @@ def run(args: argparse.Namespace) -> int:
         print(f"edgetune predict: {len(errors)} of {len(paths)} images failed", file=sys.stderr)
         return 1
     return 0
+
+
+def _run_batches(predictor, decoded, batch_size: int, report, failed) -> None:
+    """Classify decoded `(path, image or ImageError)` pairs `batch_size` at a time with one interpreter."""
+    import numpy as np
+
+    from edgetune.runtime import ImageError
+
+    batch_paths: list[str] = []
+    arrays: list = []
+
+    def flush() -> None:
+        if arrays:
+            for path, p in zip(batch_paths, predictor.predict(np.stack(arrays))):
+                report(path, p)
+        batch_paths.clear()
+        arrays.clear()
+
+    for path, x in decoded:
+        if isinstance(x, ImageError):
+            failed(path, x)
+            continue
+        arrays.append(x)
+        batch_paths.append(path)
+        if len(arrays) >= batch_size:
+            flush()
+    flush()
 
 
 def _progress(items, total: int, show: bool):
