@@ -1,9 +1,11 @@
 """The tflite_int8_ac preset: int8 with the fewest most sensitive layers in float until the budget holds.
 
 Calibrate once; if plain int8 already agrees with Keras on at least --ac-min-agreement of the held-out
-images and loses at most --max-drop points, that is the model. Otherwise rank the quantized ops by
-their own rounding error (QuantizationDebugger, in int8 steps) and keep the worst ones in float, as few
-as meet both targets (`accuracy_control.search`). The JSON records which layers, why, every trial and
+images and loses at most --max-drop points, that is the model. Otherwise, when asked (--ac-range-percentiles),
+try the same all-int8 model with percentile activation ranges (`activation_ranges`: same ops, same
+latency). Then rank the quantized ops by their own rounding error (QuantizationDebugger, in int8 steps)
+and keep the worst ones in float, as few as meet both targets (`accuracy_control.search`), from min/max
+ranges and from the best percentile ranges when they agreed better. The JSON records which layers, why, every trial and
 the latency cost against plain int8 (p50 through the edgetune runtime at 1 and 2 threads).
 """
 
@@ -73,26 +75,78 @@ def _latency_cost(inp: Inputs, plain: bytes, scratch: Path):
     return cost
 
 
-def _search(quantizer, inp: Inputs, cfg: ConvertConfig, judge_model, plain: bytes, scratch: Path):
-    """Ranked ops first, then a float tail if ranking alone does not meet the targets; the better result wins."""
+def _search(quantizer, inp: Inputs, cfg: ConvertConfig, judge_model, plain: bytes, scratch: Path,
+            calibrations: list[tuple[bytes, dict]]):
+    """For each calibration (activation ranges), ranked ops first, then a float tail if ranking alone does not
+    meet the targets. The fewest float ops that meet the targets win; if none does, the highest agreement.
+
+    Two calibrations because flips on low-margin models move by a few images either way: on one trashnet
+    run min/max ranges met the targets with 1 float op, the run's best percentile ranges only with 13.
+
+    Returns (model, float tensor names, the winner's ranges for the JSON, every trial, the winner's layer errors).
+    """
+    from dataclasses import replace
+
     from edgetune.convert.accuracy_control import Targets, ranked, search, tail
 
     targets = Targets(cfg.ac_min_agreement, cfg.max_drop, cfg.ac_max_float_layers, cfg.ac_max_latency_ratio or None)
     cost = _latency_cost(inp, plain, scratch) if cfg.ac_max_latency_ratio else None
-    errors = quantizer.layer_errors()
-    results = []
-    for name, order in (("ranked", ranked(errors)), ("tail", tail(errors))):
-        model, float_layers, trials = search(quantizer, order, judge_model, targets, name, cost)
-        results.append((model, float_layers, trials))
-        if any(t.met for t in trials):
-            break
+    results, errors = [], []
+    for calibrated, ranges in calibrations:
+        quantizer.use_calibration(calibrated)
+        errors = quantizer.layer_errors()  # each calibration ranks its own ops (own ranges change which ops err)
+        label = "min/max" if ranges["method"] == "min/max" else f"percentile {ranges['percentile']:g}"
+        for name, order in (("ranked", ranked(errors)), ("tail", tail(errors))):
+            model, float_layers, trials = search(quantizer, order, judge_model, targets, name, cost)
+            trials = [replace(t, order=f"{t.order}, {label} ranges") for t in trials]
+            results.append((model, float_layers, trials, ranges, errors))
+            if any(t.met for t in trials):
+                break
+        if any(len(r[1]) <= 1 and _chosen(r).met for r in results):
+            break  # no other calibration can do better than one op
 
-    def chosen_trial(result):
-        return next(t for t in result[2] if t.float_layers == len(result[1]))
+    met = [r for r in results if _chosen(r).met]
+    if met:
+        model, float_layers, _, ranges, errors = min(met, key=lambda r: (len(r[1]), -_chosen(r).agreement))
+    else:
+        model, float_layers, _, ranges, errors = max(results, key=lambda r: (_chosen(r).agreement, -len(r[1])))
+    return model, float_layers, ranges, [t for r in results for t in r[2]], errors
 
-    met = [r for r in results if chosen_trial(r).met]
-    model, float_layers, _ = max(met or results, key=lambda r: (chosen_trial(r).agreement, -len(r[1])))
-    return model, float_layers, [t for r in results for t in r[2]], errors
+
+def _chosen(result):
+    """The trial of a search result's own model (the one with its number of float layers)."""
+    return next(t for t in result[2] if t.float_layers == len(result[1]))
+
+
+def _ranges_first(quantizer, inp: Inputs, cfg: ConvertConfig, judge_model, plain: bytes, first):
+    """All-int8 models with percentile activation ranges, in --ac-range-percentiles order.
+
+    Returns (model, ranges for the JSON, trials, met, calibrations). When none meets the targets, the
+    model is the one that agreed best (min/max included), and `calibrations` lists that calibration and
+    min/max (once when they are the same), each with its ranges, for the float-op search.
+    """
+    from edgetune.convert.accuracy_control import Trial
+    from edgetune.convert.activation_ranges import percentile_ranges
+
+    minmax = quantizer.calibrated
+    best = ((first.agreement, -first.drop_points), minmax, plain, {"method": "min/max"})
+    trials = []
+    for p in cfg.range_percentiles:
+        calibrated, summary = percentile_ranges(minmax, inp.calibration, p)
+        quantizer.use_calibration(calibrated)
+        model = quantizer.model()
+        agreement, drop = judge_model(model)
+        met = agreement >= cfg.ac_min_agreement - 1e-12 and drop <= cfg.max_drop + 1e-9
+        trials.append(Trial(f"percentile {p:g}", 0, agreement, drop, met))
+        print(f"tflite_int8_ac: percentile {p:g} activation ranges agree on {agreement * 100:.2f}% "
+              f"(drop {drop:+.2f} points)", file=sys.stderr)
+        if met:
+            return model, summary.as_dict(), trials, True, []
+        if (agreement, -drop) > best[0]:
+            best = ((agreement, -drop), calibrated, model, summary.as_dict())
+    quantizer.use_calibration(best[1])
+    calibrations = [(best[1], best[3])] + ([(minmax, {"method": "min/max"})] if best[1] is not minmax else [])
+    return best[2], best[3], trials, False, calibrations
 
 
 def export_int8_ac(inp: Inputs, cfg: ConvertConfig, preset: Preset, out: Path) -> dict:
@@ -107,11 +161,17 @@ def export_int8_ac(inp: Inputs, cfg: ConvertConfig, preset: Preset, out: Path) -
         plain = quantizer.model()
         agreement, drop = judge_model(plain)
         trials = [Trial("none", 0, agreement, drop, agreement >= cfg.ac_min_agreement and drop <= cfg.max_drop + 1e-9)]
-        chosen, float_layers, errors = plain, [], []
+        chosen, float_layers, errors, ranges = plain, [], [], {"method": "min/max"}
         if not trials[0].met:
-            print(f"{preset.name}: plain int8 agrees on {agreement * 100:.2f}% (drop {drop:+.2f} points); "
-                  "searching for ops to keep in float", file=sys.stderr)
-            chosen, float_layers, trials, errors = _search(quantizer, inp, cfg, judge_model, plain, scratch)
+            print(f"{preset.name}: plain int8 agrees on {agreement * 100:.2f}% (drop {drop:+.2f} points)", file=sys.stderr)
+            chosen, ranges, range_trials, met, calibrations = _ranges_first(quantizer, inp, cfg, judge_model, plain,
+                                                                             trials[0])
+            trials += range_trials
+            if not met:
+                print(f"{preset.name}: searching for ops to keep in float", file=sys.stderr)
+                chosen, float_layers, ranges, search_trials, errors = _search(quantizer, inp, cfg, judge_model, plain,
+                                                                              scratch, calibrations)
+                trials += search_trials
         out.write_bytes(chosen)
         pairs = {str(t): p50_pair(plain, chosen, inp, scratch, t) for t in (1, 2)}
         latency = {"tflite_int8": {t: round(v[0], 3) for t, v in pairs.items()},
@@ -120,11 +180,13 @@ def export_int8_ac(inp: Inputs, cfg: ConvertConfig, preset: Preset, out: Path) -
         scratch.unlink(missing_ok=True)
     by_tensor = {e.tensor: e for e in errors}
     return {"quantization": {
-        "method": "int8 (float input and output), the fewest ops kept in float that meet the targets",
+        "method": "int8 (float input and output): min/max activation ranges, else percentile ranges, else the "
+                  "fewest ops kept in float that meet the targets",
+        "activation_ranges": ranges,
         "calibration_images": len(inp.calibration), "calibration_sampling": cfg.calibration_sampling, **how,
         "targets": {"min_agreement": cfg.ac_min_agreement, "max_drop_points": cfg.max_drop,
                     "max_float_layers": cfg.ac_max_float_layers, "max_latency_ratio": cfg.ac_max_latency_ratio},
-        "targets_met": any(t.met and t.float_layers == len(float_layers) for t in trials),
+        "targets_met": any(t.met for t in trials),
         "float_layers": [{**by_tensor[t].as_dict(), "position": list(by_tensor).index(t)} for t in float_layers],
         "why": "ranked: the ops with the largest int8 rounding error (rmse in int8 steps; 0.29 is pure rounding "
                "noise); tail: the last ops of the network, which then run without requantization in between",

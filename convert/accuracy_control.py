@@ -74,7 +74,9 @@ class SelectiveQuantizer:
                                                                    denylisted_nodes=list(denylist) or None)
 
     def layer_errors(self) -> list[LayerError]:
-        """Every quantized op's error (rmse in units of its own int8 step), in execution order."""
+        """Every quantized op's error (rmse in units of its own int8 step), in execution order, for the current
+        calibration (`use_calibration`) with nothing kept in float."""
+        self.debugger.options = self._options()  # rebuilds the debug model from the current calibration
         self.debugger.run()
         buf = io.StringIO()
         self.debugger.layer_statistics_dump(buf)
@@ -86,6 +88,16 @@ class SelectiveQuantizer:
             rows.append(LayerError(r["tensor_name"], r["op_name"], float(np.sqrt(float(r["mse"]))) / scale,
                                    float(r["mean_error"]) / scale, scale))
         return rows
+
+    @property
+    def calibrated(self) -> bytes:
+        """The calibrated float model the int8 models are built from (activation ranges annotated)."""
+        return self.debugger.calibrated_model
+
+    def use_calibration(self, calibrated: bytes) -> None:
+        """Build later models from `calibrated` (the same graph with other activation ranges, e.g.
+        `activation_ranges.percentile_ranges`). `layer_errors` keeps measuring the first calibration."""
+        self.debugger.calibrated_model = calibrated
 
     def model(self, denylist: Sequence[str] = ()) -> bytes:
         """The int8 model (float input and output) with the ops producing `denylist` tensors left in float."""

@@ -52,11 +52,27 @@ class ConvertConfig:
     ac_max_float_layers: int = opt("tflite_int8_ac keeps at most this many ops in float", 64)
     ac_max_latency_ratio: float = opt("tflite_int8_ac gives up candidates slower than this times plain int8 "
                                       "(p50, 1 thread, measured back to back; 0: no latency budget)", 1.25)
+    ac_range_percentiles: str = opt("percentile activation ranges tflite_int8_ac tries, in order, when the converter's "
+                                    "(min/max) ranges miss the targets, before keeping any op in float; the float-op "
+                                    "search then also starts from the best of them (comma separated, e.g. "
+                                    "100,99.999,99.99; p clips 100 - p percent of each activation's calibration values "
+                                    "per end, 100 = each tensor's own min/max; '' = min/max only: measured no better "
+                                    "overall, see README)", "")
+    @property
+    def range_percentiles(self) -> list[float]:
+        """--ac-range-percentiles as numbers (validated by `validate`)."""
+        return [float(v) for v in self.ac_range_percentiles.split(",") if v.strip()]
     worker_timeout: float = opt("seconds before the QAT/pruning worker or the ONNX export is stopped (0: no limit)", 7200.0)
     seed: int = opt("seed of the calibration sample and of the QAT and pruning fine-tunes", 0)
 
     def validate(self) -> None:
+        try:
+            percentiles = self.range_percentiles
+        except ValueError:
+            raise UserError(f"--ac-range-percentiles must be comma-separated numbers, got {self.ac_range_percentiles!r}") from None
         checks = [
+            (all(50 < p <= 100 for p in percentiles),
+             f"--ac-range-percentiles must each be in (50, 100], got {self.ac_range_percentiles!r}"),
             (self.calibration_images >= 1, f"--calibration-images must be >= 1, got {self.calibration_images}"),
             (self.qat_epochs >= 1, f"--qat-epochs must be >= 1, got {self.qat_epochs}"),
             (self.qat_learning_rate > 0, f"--qat-learning-rate must be > 0, got {self.qat_learning_rate}"),
