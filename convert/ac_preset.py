@@ -5,8 +5,8 @@ images and loses at most --max-drop points, that is the model. Otherwise, when a
 try the same all-int8 model with percentile activation ranges (`activation_ranges`: same ops, same
 latency). Then rank the quantized ops by their own rounding error (QuantizationDebugger, in int8 steps)
 and keep the worst ones in float, as few as meet both targets (`accuracy_control.search`), from min/max
-ranges and from the best percentile ranges when they agreed better. The JSON records which layers, why, every trial and
-the latency cost against plain int8 (p50 through the edgetune runtime at 1 and 2 threads).
+ranges and from the best percentile ranges when they agreed better. The JSON records which layers, why,
+every trial and the latency cost against plain int8 (p50 through the edgetune runtime at 1 and 2 threads).
 """
 
 from __future__ import annotations
@@ -180,8 +180,8 @@ def export_int8_ac(inp: Inputs, cfg: ConvertConfig, preset: Preset, out: Path) -
         scratch.unlink(missing_ok=True)
     by_tensor = {e.tensor: e for e in errors}
     return {"quantization": {
-        "method": "int8 (float input and output): min/max activation ranges, else percentile ranges, else the "
-                  "fewest ops kept in float that meet the targets",
+        "method": "int8 (float input and output): min/max activation ranges (then percentile ranges when "
+                  "--ac-range-percentiles asks), else the fewest ops kept in float that meet the targets",
         "activation_ranges": ranges,
         "calibration_images": len(inp.calibration), "calibration_sampling": cfg.calibration_sampling, **how,
         "targets": {"min_agreement": cfg.ac_min_agreement, "max_drop_points": cfg.max_drop,
