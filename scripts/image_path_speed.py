@@ -1,12 +1,12 @@
 """Where the time of image file -> label goes, and folder throughput with decoding in threads.
 
     .venv/bin/python scripts/image_path_speed.py MODEL.tflite --images DIR_OR_RUN [--threads 2]
-        [--baseline-code OLD_CHECKOUT] [--workers 1,2] [--rounds 3] [--limit 200]
+        [--baseline-code OLD_CHECKOUT] [--workers 1,2] [--interpreters 2] [--rounds 3] [--limit 200]
 
 Prints (and writes with --out) one table of p50 milliseconds per image: decode (exact, and JPEG draft
 at the model's size), resize, inference (`Predictor.predict` on a preprocessed image, the model-only
-figure) and file -> label, plus images/s over the folder one image at a time and with N decode
-threads. With --baseline-code (a checkout of an older edgetune) its `load_image`/`resize_bilinear`
+figure) and file -> label, plus images/s over the folder one image at a time, with N decode
+threads, and with N interpreters side by side (what `predict` does on a folder). With --baseline-code (a checkout of an older edgetune) its `load_image`/`resize_bilinear`
 are timed interleaved with today's, so "before" and "after" share the machine's conditions.
 Variants are interleaved image by image; nothing here asserts a timing.
 """
@@ -73,8 +73,10 @@ def per_image(p: Predictor, files: list[str], rounds: int, old) -> dict[str, lis
     return {k: [v * 1000.0 for v in vals] for k, vals in t.items() if vals}
 
 
-def throughput(p: Predictor, files: list[str], workers: list[int], rounds: int, load, label: str) -> dict[str, float]:
-    """Images/s over `files`: one at a time, then with each worker count; passes interleaved."""
+def throughput(p: Predictor, files: list[str], workers: list[int], rounds: int, load, label: str,
+               interpreters: list[int] = ()) -> dict[str, float]:
+    """Images/s over `files`: one at a time, with each decode worker count, and (exact decoding only) with
+    each number of interpreters side by side (`Predictor.classify_files`); passes interleaved."""
     def sequential():
         for f in files:
             p.predict(load(f)[None])
@@ -84,8 +86,15 @@ def throughput(p: Predictor, files: list[str], workers: list[int], rounds: int, 
             p.predict(x[None])
 
     runs: dict[str, list[float]] = {}
+    def side_by_side(n):
+        for _ in p.classify_files(files, interpreters=n):
+            pass
+
     variants = [(f"{label} one at a time", sequential)] + [(f"{label} {w} decode threads", lambda w=w: pipelined(w))
                                                            for w in workers]
+    variants += [(f"{label} {n} interpreters side by side", lambda n=n: side_by_side(n)) for n in interpreters]
+    for n in interpreters:
+        p.replicas(n)  # loaded before timing, as predict does
     for _ in range(rounds):
         for name, fn in variants:
             t0 = time.perf_counter()
@@ -100,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", required=True, help="run dir (test split), folder or split file")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workers", default="1,2", help="decode thread counts for the throughput rows")
+    ap.add_argument("--interpreters", default="2", help="interpreter counts side by side for the throughput rows "
+                    "(each with --threads / N threads; '' for none)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--limit", type=int, default=200, help="images used (0: all)")
     ap.add_argument("--baseline-code", type=Path, help="an older edgetune checkout: time its image.py too")
@@ -113,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         p.predict(p.load(f)[None])
     t = per_image(p, files, args.rounds, old)
     workers = [int(w) for w in args.workers.split(",")]
-    tp = throughput(p, files, workers, args.rounds, p.load, "exact")
+    interpreters = [int(n) for n in args.interpreters.split(",") if n.strip()]
+    tp = throughput(p, files, workers, args.rounds, p.load, "exact", interpreters)
     tp.update(throughput(p, files, workers, args.rounds, lambda f: preprocess(load_image(f, draft=p.size), p.size), "draft"))
     if old is not None:
         tp.update(throughput(p, files, [], args.rounds, lambda f: old.resize_bilinear(old.load_image(f), p.size), "before"))
