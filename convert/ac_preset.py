@@ -87,9 +87,9 @@ def _search(quantizer, inp: Inputs, cfg: ConvertConfig, judge_model, plain: byte
     """
     from dataclasses import replace
 
-    from edgetune.convert.accuracy_control import Targets, ranked, search, tail
+    from edgetune.convert.accuracy_control import ranked, search, tail
 
-    targets = Targets(cfg.ac_min_agreement, cfg.max_drop, cfg.ac_max_float_layers, cfg.ac_max_latency_ratio or None)
+    targets = _targets(cfg)
     cost = _latency_cost(inp, plain, scratch) if cfg.ac_max_latency_ratio else None
     results, errors = [], []
     for calibrated, ranges in calibrations:
@@ -111,6 +111,13 @@ def _search(quantizer, inp: Inputs, cfg: ConvertConfig, judge_model, plain: byte
     else:
         model, float_layers, _, ranges, errors = max(results, key=lambda r: (_chosen(r).agreement, -len(r[1])))
     return model, float_layers, ranges, [t for r in results for t in r[2]], errors
+
+
+def _targets(cfg: ConvertConfig):
+    """What tflite_int8_ac must reach and may spend, from the convert flags."""
+    from edgetune.convert.accuracy_control import Targets
+
+    return Targets(cfg.ac_min_agreement, cfg.max_drop, cfg.ac_max_float_layers, cfg.ac_max_latency_ratio or None)
 
 
 def _chosen(result):
@@ -136,7 +143,7 @@ def _ranges_first(quantizer, inp: Inputs, cfg: ConvertConfig, judge_model, plain
         quantizer.use_calibration(calibrated)
         model = quantizer.model()
         agreement, drop = judge_model(model)
-        met = agreement >= cfg.ac_min_agreement - 1e-12 and drop <= cfg.max_drop + 1e-9
+        met = _targets(cfg).met(agreement, drop)
         trials.append(Trial(f"percentile {p:g}", 0, agreement, drop, met))
         print(f"tflite_int8_ac: percentile {p:g} activation ranges agree on {agreement * 100:.2f}% "
               f"(drop {drop:+.2f} points)", file=sys.stderr)
@@ -160,7 +167,7 @@ def export_int8_ac(inp: Inputs, cfg: ConvertConfig, preset: Preset, out: Path) -
         judge_model = _judge_bytes(inp, cfg, preset, scratch)
         plain = quantizer.model()
         agreement, drop = judge_model(plain)
-        trials = [Trial("none", 0, agreement, drop, agreement >= cfg.ac_min_agreement and drop <= cfg.max_drop + 1e-9)]
+        trials = [Trial("none", 0, agreement, drop, _targets(cfg).met(agreement, drop))]
         chosen, float_layers, errors, ranges = plain, [], [], {"method": "min/max"}
         if not trials[0].met:
             print(f"{preset.name}: plain int8 agrees on {agreement * 100:.2f}% (drop {drop:+.2f} points)", file=sys.stderr)

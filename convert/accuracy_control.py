@@ -149,6 +149,10 @@ class Targets:
     max_latency_ratio: float | None = None
     """Largest p50 latency over plain int8 a candidate may have (None: not measured)."""
 
+    def met(self, agreement: float, drop: float) -> bool:
+        """Agreement and accuracy drop both within the targets (float noise in the measured ratios tolerated)."""
+        return agreement >= self.min_agreement - 1e-12 and drop <= self.max_drop + 1e-9
+
 
 def search(quantizer: SelectiveQuantizer, candidates: Sequence[LayerError], judge: Callable[[bytes], tuple[float, float]],
            targets: Targets, order: str = "ranked", cost: Callable[[bytes], float] | None = None
@@ -182,8 +186,7 @@ def search(quantizer: SelectiveQuantizer, candidates: Sequence[LayerError], judg
             trial = Trial(order, k, None, None, False, ratio)  # too slow: not worth judging
         else:
             agreement, drop = judge(model)
-            met = agreement >= targets.min_agreement - 1e-12 and drop <= targets.max_drop + 1e-9
-            trial = Trial(order, k, agreement, drop, met, ratio)
+            trial = Trial(order, k, agreement, drop, targets.met(agreement, drop), ratio)
         trials[k] = (model, trial)
         return trial
 
