@@ -286,7 +286,7 @@ def _throughput_row(p: Any, files: list[Path], timing: Timing, common: dict, bas
     all kinds are interleaved, so they see the same machine. The row's p50/p99 (per image: pass time /
     files) and images/s are those of what `predict` does by default on this folder.
     """
-    from edgetune.runtime import default_decode_workers, default_interpreters, map_ordered
+    from edgetune.runtime import default_decode_workers, default_interpreters
 
     workers = default_decode_workers() if workers is None else workers
     device = p.backend_info().get("device", "cpu")
@@ -297,8 +297,8 @@ def _throughput_row(p: Any, files: list[Path], timing: Timing, common: dict, bas
             p.predict(p.load(f)[None])
 
     def pipelined() -> None:
-        for _, x in map_ordered(p.load, files, workers):
-            p.predict(x[None])
+        for _ in p.classify_files(files, interpreters=1, decode_workers=workers):
+            pass
 
     def side_by_side() -> None:
         for _ in p.classify_files(files, interpreters=n):
