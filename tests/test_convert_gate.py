@@ -1,5 +1,5 @@
 """convert's gate plumbing on constructed data: flips sheet, summary and exit code, calibration sampling,
-the accuracy-controlled search, and what `done_presets` trusts. Fast: no TensorFlow model is trained here."""
+the accuracy-controlled search (and its activation-range step), and what `done_presets` trusts. Fast: no TensorFlow model is trained here."""
 
 from __future__ import annotations
 
@@ -209,3 +209,104 @@ def test_read_only_export_folder_is_one_line(tmp_path, monkeypatch):
         with report.open_export(tmp_path):
             pass
     assert not Path(tmp_path / "export" / "convert_report.json").exists()
+
+
+# ---------------------------------------------------------------- activation ranges and the search over calibrations
+def test_extremes_are_exact_across_images():
+    from edgetune.convert.activation_ranges import _Extremes
+
+    rng = np.random.default_rng(0)
+    chunks = [rng.standard_normal(n).astype(np.float32) for n in (500, 3, 1000, 7)]
+    e = _Extremes(keep=5)
+    for c in chunks:
+        e.add(c)
+    everything = np.sort(np.concatenate(chunks))
+    assert e.range() == (float(everything[4]), float(everything[-5]))
+
+
+def test_accuracy_control_tries_percentile_ranges_before_float_ops(monkeypatch):
+    """`_ranges_first`: the first percentile meeting the targets wins; when none does, the calibration that
+    agreed best (min/max included) stays in the quantizer for the float-op search."""
+    from types import SimpleNamespace
+
+    from edgetune.convert import ac_preset, activation_ranges
+    from edgetune.convert.accuracy_control import Trial
+    from edgetune.convert.activation_ranges import RangeSummary
+    from edgetune.convert.config import ConvertConfig
+
+    class Quantizer:
+        def __init__(self):
+            self.calibrated = b"minmax"
+
+        def use_calibration(self, calibrated):
+            self.calibrated = calibrated
+
+        def model(self, denylist=()):
+            return b"int8 from " + self.calibrated
+
+    def fake_ranges(calibrated, images, p):
+        assert calibrated == b"minmax"  # every percentile starts from the converter's own calibration
+        return f"p{p:g}".encode(), RangeSummary(p, 3, 0.9, 0.5)
+
+    inp = SimpleNamespace(calibration=np.zeros((2, 8, 8, 3), np.float32))
+    first = Trial("none", 0, 0.97, 0.3, False)
+    results = {b"int8 from p99.999": (0.985, 0.2), b"int8 from p99.99": (0.992, 0.4), b"int8 from p99": (0.95, 1.0)}
+    monkeypatch.setattr(activation_ranges, "percentile_ranges", fake_ranges)
+    cfg = ConvertConfig(ac_range_percentiles="99.999,99.99,99")
+    q = Quantizer()
+    model, ranges, trials, met, calibrations = ac_preset._ranges_first(q, inp, cfg, results.get, b"int8 from minmax", first)
+    assert met and model == b"int8 from p99.99" and ranges["percentile"] == 99.99 and ranges["method"] == "percentile"
+    assert [t.order for t in trials] == ["percentile 99.999", "percentile 99.99"]  # stops at the first that meets
+
+    cfg = ConvertConfig(ac_range_percentiles="99.999,99", ac_min_agreement=0.999)
+    q = Quantizer()
+    model, ranges, trials, met, calibrations = ac_preset._ranges_first(q, inp, cfg, results.get, b"int8 from minmax", first)
+    assert not met and model == b"int8 from p99.999" and q.calibrated == b"p99.999" and len(trials) == 2
+    assert [c for c, _ in calibrations] == [b"p99.999", b"minmax"]  # the float-op search tries both
+
+    q = Quantizer()
+    model, ranges, trials, met, calibrations = ac_preset._ranges_first(q, inp, cfg, results.get, b"int8 from minmax",
+                                                                       Trial("none", 0, 0.99, 0.0, False))
+    assert not met and ranges == {"method": "min/max"} and q.calibrated == b"minmax"  # min/max agreed best
+    assert calibrations == [(b"minmax", {"method": "min/max"})]
+
+    q = Quantizer()  # the default: min/max only, nothing tried before the float-op search
+    model, ranges, trials, met, calibrations = ac_preset._ranges_first(q, inp, ConvertConfig(), results.get,
+                                                                       b"int8 from minmax", first)
+    assert (model, ranges, trials, met) == (b"int8 from minmax", {"method": "min/max"}, [], False)
+    assert calibrations == [(b"minmax", {"method": "min/max"})]
+
+
+def test_float_op_search_tries_both_calibrations_and_keeps_the_fewest_float_ops(monkeypatch):
+    from edgetune.convert import ac_preset, accuracy_control
+    from edgetune.convert.accuracy_control import LayerError, Trial
+    from edgetune.convert.config import ConvertConfig
+
+    class Quantizer:
+        calibrated = b"p100"
+
+        def use_calibration(self, calibrated):
+            self.calibrated = calibrated
+
+        def layer_errors(self):
+            # Each calibration ranks its own ops: names carry the calibration they were measured on.
+            return [LayerError(f"{self.calibrated.decode()}-t{i}", "CONV_2D", 1.0 / (i + 1), 0.0, 0.1) for i in range(20)]
+
+    # What each calibration and order needs: percentile ranges meet with a 13-op tail, min/max with 1 ranked op.
+    needs = {(b"p100", "ranked"): None, (b"p100", "tail"): 13, (b"minmax", "ranked"): 1}
+
+    def fake_search(quantizer, candidates, judge, targets, order, cost):
+        k = needs.get((quantizer.calibrated, order))
+        if k is None:
+            return b"best-effort", ["t0"], [Trial(order, 0, 0.98, 0.0, False), Trial(order, 1, 0.985, 0.0, False)]
+        return quantizer.calibrated + b"+%d" % k, [c.tensor for c in candidates[:k]], [Trial(order, k, 0.992, 0.1, True)]
+
+    monkeypatch.setattr(accuracy_control, "search", fake_search)
+    cfg = ConvertConfig(ac_max_latency_ratio=0)
+    q = Quantizer()
+    calibrations = [(b"p100", {"method": "percentile", "percentile": 100.0}), (b"minmax", {"method": "min/max"})]
+    model, float_layers, ranges, trials, errors = ac_preset._search(q, None, cfg, None, b"plain", None, calibrations)
+    assert model == b"minmax+1" and float_layers == ["minmax-t0"] and ranges == {"method": "min/max"}
+    assert [t.order for t in trials] == ["ranked, percentile 100 ranges", "ranked, percentile 100 ranges",
+                                         "tail, percentile 100 ranges", "ranked, min/max ranges"]
+    assert len(errors) == 20 and errors[0].tensor == "minmax-t0"

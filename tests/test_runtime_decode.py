@@ -129,20 +129,29 @@ def test_map_ordered_keeps_order_and_turns_errors_into_results():
         list(map_ordered(lambda i: int("x"), range(3), 2, catch=ImageError))  # other errors still raise
 
 
-def test_predict_with_decode_threads_matches_one_thread(tmp_path, capsys):
+def _folder_with_a_broken_jpeg(tmp_path: Path, n: int) -> tuple[Path, list[str]]:
+    """n JPEGs of different sizes, 05.jpg replaced by junk; returns the folder and the readable files, sorted."""
     folder = tmp_path / "imgs"
     folder.mkdir()
-    for i in range(12):
+    for i in range(n):
         jpeg(folder / f"{i:02d}.jpg", 40 + 7 * i, 50 + 3 * i)
     (folder / "05.jpg").write_bytes(b"not a jpeg")
-    docs = []
-    for workers in ("0", "3"):
-        assert main(["predict", str(MODEL), str(folder), "--json", "--decode-workers", workers, "--batch-size", "4"]) == 1
-        docs.append(json.loads(capsys.readouterr().out))
+    return folder, sorted(str(f) for f in folder.glob("*.jpg") if f.name != "05.jpg")
+
+
+def _predict_json(capsys, *args: str) -> dict:
+    """`edgetune predict ... --json` on a folder with one unreadable image (exit code 1), its JSON document."""
+    assert main(["predict", *args, "--json"]) == 1
+    return json.loads(capsys.readouterr().out)
+
+
+def test_predict_with_decode_threads_matches_one_thread(tmp_path, capsys):
+    folder, files = _folder_with_a_broken_jpeg(tmp_path, 12)
+    docs = [_predict_json(capsys, str(MODEL), str(folder), "--decode-workers", workers, "--batch-size", "4")
+            for workers in ("0", "3")]
     assert docs[0]["predictions"] == docs[1]["predictions"] and len(docs[0]["predictions"]) == 11
     assert [e["path"] for e in docs[1]["errors"]] == [str(folder / "05.jpg")]
     p = Predictor.from_path(MODEL)
-    files = sorted(str(f) for f in folder.glob("*.jpg") if f.name != "05.jpg")
     assert np.array_equal(p.predict_files(files, decode_workers=2), p.predict_files(files, decode_workers=0))
 
 
@@ -181,21 +190,13 @@ def test_default_interpreters_one_per_core_of_the_budget_for_folders_only(monkey
 
 
 def test_predict_with_interpreters_side_by_side_matches_one_interpreter(tmp_path, capsys):
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    for i in range(20):
-        jpeg(folder / f"{i:02d}.jpg", 40 + 7 * i, 50 + 3 * i)
-    (folder / "05.jpg").write_bytes(b"not a jpeg")
-    docs = []
-    for n in ("1", "3"):
-        assert main(["predict", str(MODEL), str(folder), "--json", "--interpreters", n, "--threads", "3"]) == 1
-        docs.append(json.loads(capsys.readouterr().out))
+    folder, files = _folder_with_a_broken_jpeg(tmp_path, 20)
+    docs = [_predict_json(capsys, str(MODEL), str(folder), "--interpreters", n, "--threads", "3") for n in ("1", "3")]
     assert docs[0]["predictions"] == docs[1]["predictions"] and len(docs[0]["predictions"]) == 19
-    assert [r["path"] for r in docs[1]["predictions"]] == sorted(str(f) for f in folder.glob("*.jpg") if f.name != "05.jpg")
+    assert [r["path"] for r in docs[1]["predictions"]] == files
     assert [e["path"] for e in docs[1]["errors"]] == [str(folder / "05.jpg")]
     assert (docs[0]["interpreters"], docs[1]["interpreters"], docs[1]["interpreter_threads"]) == (1, 3, 1)
     p = Predictor.from_path(MODEL, threads=2)
-    files = sorted(str(f) for f in folder.glob("*.jpg") if f.name != "05.jpg")
     assert np.array_equal(p.predict_files(files, interpreters=2), p.predict_files(files, decode_workers=0))
     assert [r.backend.threads for r in p.replicas(2)] == [1, 1] and p.replicas(2) is p.replicas(2)
     onnx = Predictor.from_path(MODEL.parent / "tiny3_fp32_onnx.onnx", threads=2)  # ONNX Runtime sessions too
