@@ -204,6 +204,25 @@ def test_augmentation_draws_flip_and_rotation_independently():
     assert len(set(seeds)) == 3, seeds
 
 
+
+def test_zoom_crops_in_with_its_own_seed_and_leaves_the_other_layers_alone():
+    from edgetune import UserError
+    from edgetune.train import TrainConfig
+    from edgetune.train.model import augmentation_layer
+
+    plain = augmentation_layer(0.2, True, 0).layers
+    zoomed = augmentation_layer(0.2, True, 0, zoom=0.5).layers
+    assert [layer.seed for layer in zoomed[:2]] == [layer.seed for layer in plain]  # old runs draw as before
+    assert zoomed[2].seed not in (plain[0].seed, plain[1].seed)
+    # A centred square on black: zooming in can only make it cover more of the image, never less.
+    x = np.zeros((64, 32, 32, 3), "float32")
+    x[:, 8:24, 8:24] = 255.0
+    covered = (np.asarray(zoomed[2](x, training=True))[..., 0] > 127).mean(axis=(1, 2))
+    assert covered.min() >= 0.25 - 0.02 and covered.max() > 0.4  # 0.25 unzoomed; up to 1.0 at a 2x zoom
+    assert np.array_equal(np.asarray(zoomed[2](x, training=False)), x)  # inactive outside fit
+    with pytest.raises(UserError, match="--zoom"):
+        TrainConfig(zoom=1.0).validate()
+
 def test_trained_run_keeps_pretrained_batchnorm_statistics(tiny_run_dir):
     if not IMAGENET_NO_TOP.is_file():
         pytest.skip("needs the pretrained weights to compare against")

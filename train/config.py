@@ -59,6 +59,7 @@ class TrainConfig:
                      "validation loss; the search is in metrics.json", False)
     rotation: float = opt("RandomRotation factor (fraction of a full turn); 0 disables", 0.2)
     flip: bool = opt("RandomFlip('horizontal') augmentation", True)
+    zoom: float = opt("RandomZoom augmentation: zoom in by up to this fraction of each side (a random crop of 1 - zoom .. 1 of the image); 0 disables", 0.0)
     jpeg_draft: bool = opt("decode JPEGs at 1/2, 1/4 or 1/8 scale when that still covers --image-size (libjpeg's "
                            "draft mode: several times faster to decode, other pixels); recorded in the contract, so "
                            "the runtime decodes the same way", False)
@@ -105,6 +106,7 @@ class TrainConfig:
             (0 < c.fine_tune_learning_rate < float("inf"), f"--fine-tune-learning-rate must be a finite number > 0, got {c.fine_tune_learning_rate}"),
             (0 <= c.dropout < 1, f"--dropout must be in [0, 1), got {c.dropout}"),
             (0 <= c.rotation <= 1, f"--rotation must be in [0, 1], got {c.rotation}"),
+            (0 <= c.zoom < 1, f"--zoom must be in [0, 1), got {c.zoom}"),
             (0 < c.holdout_fraction < 1, f"--holdout-fraction must be in (0, 1), got {c.holdout_fraction}"),
             (c.fine_tune_at >= 0, f"--fine-tune-at must be >= 0, got {c.fine_tune_at}"),
             (c.alpha in (0.35, 0.5, 0.75, 1.0, 1.3, 1.4), f"--alpha must be one of 0.35, 0.5, 0.75, 1.0, 1.3, 1.4, got {c.alpha}"),

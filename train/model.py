@@ -51,14 +51,22 @@ def layer_seeds(seed: int | None, n: int) -> list[int | None]:
     return [int(s) for s in np.random.default_rng([seed, 0x5EED]).integers(0, 2**31 - 1, n)]
 
 
-def augmentation_layer(rotation: float = 0.2, flip: bool = True, seed: int | None = None) -> keras.Sequential:
-    """The tutorial's augmentation: RandomFlip('horizontal') + RandomRotation(0.2); active in fit only."""
+def augmentation_layer(rotation: float = 0.2, flip: bool = True, seed: int | None = None,
+                       zoom: float = 0.0) -> keras.Sequential:
+    """The tutorial's augmentation: RandomFlip('horizontal') + RandomRotation(0.2); active in fit only.
+
+    `zoom` > 0 adds RandomZoom zooming *in* by up to that fraction of each side (a random crop of
+    (1 - zoom)..1 of the image, scaled back up), after the rotation.
+    """
     flip_seed, rotation_seed = layer_seeds(seed, 2)
+    zoom_seed = layer_seeds(seed, 3)[2]  # a third stream; the first two stay what they were without zoom
     blocks: list[layers.Layer] = []
     if flip:
         blocks.append(layers.RandomFlip("horizontal", seed=flip_seed))
     if rotation > 0:
         blocks.append(layers.RandomRotation(rotation, seed=rotation_seed))
+    if zoom > 0:
+        blocks.append(layers.RandomZoom((-zoom, 0.0), seed=zoom_seed))
     return keras.Sequential(blocks, name=AUGMENTATION)
 
 
@@ -103,6 +111,7 @@ def build_model(
     rotation: float = 0.2,
     flip: bool = True,
     seed: int | None = None,
+    zoom: float = 0.0,
 ) -> tuple[keras.Model, str]:
     """The training model. Two classes give one logit (as in the tutorial), more give N logits."""
     if num_classes < 2:
@@ -111,7 +120,7 @@ def build_model(
     base.trainable = False
     inputs = keras.Input(shape=(image_size[0], image_size[1], 3), name="image")
     augmentation_seed, dropout_seed = layer_seeds(seed, 2)  # independent of each other (see layer_seeds)
-    x = augmentation_layer(rotation, flip, augmentation_seed)(inputs)
+    x = augmentation_layer(rotation, flip, augmentation_seed, zoom)(inputs)
     x = preprocess_layer()(x)
     # training=False keeps BatchNorm in inference mode while the base is frozen; for fine-tuning
     # that is not enough in Keras 3 (see freeze_for_stage), but it is still the right call here.

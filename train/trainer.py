@@ -123,7 +123,8 @@ def _build(run: _Run) -> None:
     cfg = run.cfg
     size = (cfg.image_size, cfg.image_size)
     with run.strategy.scope():
-        run.model, run.weights_source = build_model(run.n, size, cfg.weights, cfg.alpha, cfg.dropout, cfg.rotation, cfg.flip, cfg.seed)
+        run.model, run.weights_source = build_model(run.n, size, cfg.weights, cfg.alpha, cfg.dropout, cfg.rotation, cfg.flip, cfg.seed,
+                                                    cfg.zoom)
         if cfg.weights == "none":
             from edgetune.train.model import recalibrate_batchnorm
 
