@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edgetune.benchmarks.parity import preset_kind
+from edgetune.benchmarks.parity import Gate, preset_kind
 from edgetune.benchmarks.schema import RESULTS_KIND, RESULTS_SCHEMA, validate_results
 from edgetune.contract import ContractError, write_json_atomic
 
@@ -134,7 +134,9 @@ def recommend(results: dict[str, Any]) -> dict[str, Any]:
     integer = [m["name"] for m in candidates if preset_kind(m["name"]) != "float"]
     out["fastest_integer"] = min(timed_int)[1] if timed_int else (integer[0] if integer else None)
     out["warnings"] = _int8_slower_warnings(results)
-    budget = results.get("max_drop", 0.5)
+    budget = results.get("max_drop")
+    if budget is None:  # absent or null (the schema allows a value not recorded): the default budget
+        budget = Gate().max_drop
     line = (f"{results['device']['name']}: within the {budget:g}-point accuracy budget, smallest = {out['smallest'] or 'none'}, "
             f"fastest = {out['fastest'] or 'none'}" + (f" (p50 at {threads} threads)" if threads else ""))
     if out["fastest_integer"] is None and any(preset_kind(m["name"]) != "float" for m in results["models"]

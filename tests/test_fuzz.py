@@ -183,3 +183,12 @@ def test_fuzz_seeds_are_valid(tmp_path: Path):
     _read_and_render(tmp_path, GOOD_RESULTS)
     with pytest.raises(ContractError):
         _read_and_render(tmp_path, {"kind": "edgetune-bench"}) or read_metadata(tmp_path / "r.json")
+
+
+def test_results_without_a_recorded_budget_render_with_the_default(tmp_path: Path):
+    """Found by the mutation fuzzer: `"max_drop": null` passed the schema and crashed the recommendation line."""
+    from edgetune.benchmarks.results import recommend
+
+    for doc in (_replace(GOOD_RESULTS, ("max_drop",), None), {k: v for k, v in GOOD_RESULTS.items() if k != "max_drop"}):
+        _read_and_render(tmp_path, doc)
+        assert "within the 0.5-point accuracy budget" in recommend(doc)["line"]
