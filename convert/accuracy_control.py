@@ -95,8 +95,8 @@ class SelectiveQuantizer:
         return self.debugger.calibrated_model
 
     def use_calibration(self, calibrated: bytes) -> None:
-        """Build later models from `calibrated` (the same graph with other activation ranges, e.g.
-        `activation_ranges.percentile_ranges`). `layer_errors` keeps measuring the first calibration."""
+        """Build later models, and measure `layer_errors`, from `calibrated` (the same graph with other
+        activation ranges, e.g. `activation_ranges.percentile_ranges`)."""
         self.debugger.calibrated_model = calibrated
 
     def model(self, denylist: Sequence[str] = ()) -> bytes:

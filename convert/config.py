@@ -58,12 +58,13 @@ class ConvertConfig:
                                     "100,99.999,99.99; p clips 100 - p percent of each activation's calibration values "
                                     "per end, 100 = each tensor's own min/max; '' = min/max only: measured no better "
                                     "overall, see README)", "")
+    worker_timeout: float = opt("seconds before the QAT/pruning worker or the ONNX export is stopped (0: no limit)", 7200.0)
+    seed: int = opt("seed of the calibration sample and of the QAT and pruning fine-tunes", 0)
+
     @property
     def range_percentiles(self) -> list[float]:
         """--ac-range-percentiles as numbers (validated by `validate`)."""
         return [float(v) for v in self.ac_range_percentiles.split(",") if v.strip()]
-    worker_timeout: float = opt("seconds before the QAT/pruning worker or the ONNX export is stopped (0: no limit)", 7200.0)
-    seed: int = opt("seed of the calibration sample and of the QAT and pruning fine-tunes", 0)
 
     def validate(self) -> None:
         try:
