@@ -6,8 +6,9 @@
 Prints (and writes with --out) one table of p50 milliseconds per image: decode (exact, and JPEG draft
 at the model's size), resize, inference (`Predictor.predict` on a preprocessed image, the model-only
 figure) and file -> label, plus images/s over the folder one image at a time, with N decode
-threads, and with N interpreters side by side (what `predict` does on a folder). With --baseline-code (a checkout of an older edgetune) its `load_image`/`resize_bilinear`
-are timed interleaved with today's, so "before" and "after" share the machine's conditions.
+threads, and with N interpreters side by side (what `predict` does on a folder). With --baseline-code
+(a checkout of an older edgetune) its `load_image`/`resize_bilinear` are timed interleaved with
+today's, so "before" and "after" share the machine's conditions.
 Variants are interleaved image by image; nothing here asserts a timing.
 """
 
@@ -85,11 +86,11 @@ def throughput(p: Predictor, files: list[str], workers: list[int], rounds: int, 
         for _, x in map_ordered(load, files, w):
             p.predict(x[None])
 
-    runs: dict[str, list[float]] = {}
     def side_by_side(n):
         for _ in p.classify_files(files, interpreters=n):
             pass
 
+    runs: dict[str, list[float]] = {}
     variants = [(f"{label} one at a time", sequential)] + [(f"{label} {w} decode threads", lambda w=w: pipelined(w))
                                                            for w in workers]
     variants += [(f"{label} {n} interpreters side by side", lambda n=n: side_by_side(n)) for n in interpreters]
