@@ -78,6 +78,17 @@ def test_jpeg_draft_scales_but_always_covers_the_model_input(tmp_path):
     assert load_image(png, draft=(40, 40)).shape == (375, 500, 3)  # only JPEGs are drafted
 
 
+def test_a_truncated_jpeg_fails_in_draft_mode_as_in_full(tmp_path):
+    # `data check` decodes at full scale; a --jpeg-draft run must fail on exactly the files it flags.
+    data = jpeg(tmp_path / "whole.jpg", 500, 375).read_bytes()
+    for keep in (len(data) // 2, len(data) - 10):
+        cut = tmp_path / f"cut{keep}.jpg"
+        cut.write_bytes(data[:keep])
+        for draft in (None, (160, 160), (40, 40)):
+            with pytest.raises(ImageError, match="truncated"):
+                load_image(cut, draft=draft)
+
+
 def test_jpeg_draft_respects_exif_rotation(tmp_path):
     # Stored 100 wide x 400 tall with orientation 6: shown 400 wide x 100 tall. A tall 100x25 (h x w)
     # model input needs all 100 shown rows: no scaling. Ignoring the turn would pick 1/4 and leave 25 rows.

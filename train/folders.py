@@ -90,7 +90,9 @@ def check_image(path: Path) -> ImageCheck:
     """Decode one file exactly as training will (`edgetune.runtime.image.load_image`), and hash it.
 
     A file that passes here decodes in training too: same function, same Pillow. A truncated JPEG,
-    a decompression bomb or a FIFO fails here with a reason, not in the middle of training.
+    a decompression bomb or a FIFO fails here with a reason, not in the middle of training. The check
+    decodes at full scale; a run with `--jpeg-draft` reads the same bytes through the same libjpeg,
+    only scaling inside its IDCT, so it fails and passes on the same files (a truncated JPEG: both fail).
     """
     try:
         image = load_image(path)
