@@ -27,6 +27,7 @@ def main(argv: list[str]) -> int:
         from edgetune.benchmarks.latency import bench_model
 
         rows = bench_model(spec["model"], spec["threads"], timing, image=image, e2e_files=spec.get("e2e_files", ()),
+                           throughput_files=spec.get("throughput_files", ()),
                            labels=spec.get("labels"), size=spec.get("size"), input_range=spec.get("input_range"),
                            device=spec["device"], raw=spec.get("raw", True),
                            decode_workers=spec.get("decode_workers"), interpreters=spec.get("interpreters"))

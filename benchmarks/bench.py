@@ -30,6 +30,10 @@ from edgetune.outputs import check_output_file
 
 MODEL_SUFFIXES = (".tflite", ".onnx")
 E2E_IMAGES = 20
+# The folder-throughput row runs over more images than the file -> label row cycles: split over two
+# interpreters, 20 images leave one interpreter idle for up to a tenth of a pass (measured on cats-vs-dogs,
+# tflite_int8, a 2-core VNNI VM: 1.37x over 20 images, 1.58x over 200 for two interpreters vs one at a time).
+THROUGHPUT_IMAGES = 100
 """Files cycled by the end-to-end row (enough to vary sizes, few enough to stay in the page cache)."""
 
 
@@ -216,6 +220,7 @@ def _latency_rows(run: Path | None, models: list[Path], cfg: BenchConfig, thread
 
     timing = Timing(warmup=cfg.warmup, min_runs=cfg.min_runs, min_time_s=cfg.min_time)
     e2e_files = [str(p) for p, _ in items[:E2E_IMAGES]] if (cfg.e2e and items) else []
+    throughput_files = [str(p) for p, _ in items[:THROUGHPUT_IMAGES]] if (cfg.e2e and items) else []
     kw = dict(labels=cfg.labels, size=cfg.size, input_range=cfg.input_range)
     latency: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="edgetune-bench-") as tmp:
@@ -231,7 +236,7 @@ def _latency_rows(run: Path | None, models: list[Path], cfg: BenchConfig, thread
         for kind, target in progress_bar(jobs, desc="latency", unit="model"):
             if kind == "model":
                 spec = {"kind": "model", "model": str(target), "threads": threads, "e2e_files": e2e_files,
-                        "device": cfg.device, "raw": cfg.raw, **kw}
+                        "throughput_files": throughput_files, "device": cfg.device, "raw": cfg.raw, **kw}
                 latency += _run_job(spec, timing, img_file, tmp, cfg.isolate)
             else:
                 for t in threads:  # one process per thread count: TF sizes its pools once

@@ -150,6 +150,7 @@ def bench_model(
     *,
     image: np.ndarray | None = None,
     e2e_files: Sequence[str | Path] = (),
+    throughput_files: Sequence[str | Path] = (),
     labels: Any = None,
     size: Any = None,
     input_range: Any = None,
@@ -176,6 +177,8 @@ def bench_model(
         timing: Warm-up and timed-run limits.
         image: One preprocessed float32 (H, W, 3) 0..255 image; a fixed random image when None.
         e2e_files: Image files for the end-to-end row (cycled).
+        throughput_files: The folder the throughput row passes over; `e2e_files` when empty (bench gives
+            it more images than the e2e row: a short folder understates what side-by-side interpreters gain).
         labels, size, input_range: Passed to `Predictor.from_path` for models without metadata.
         device: 'cpu' or 'gpu' (ONNX Runtime's CUDA provider).
         raw: Also time the raw interpreter invoke (the wrapper-overhead comparison).
@@ -208,7 +211,8 @@ def bench_model(
         p, common = last
         files = [Path(f) for f in e2e_files]
         rows.append(_e2e_row(p, files, timing, common, base))
-        rows.append(_throughput_row(p, files, timing, common, base, decode_workers, interpreters))
+        folder = [Path(f) for f in throughput_files] or files
+        rows.append(_throughput_row(p, folder, timing, common, base, decode_workers, interpreters))
     return rows
 
 

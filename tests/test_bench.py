@@ -204,6 +204,20 @@ def test_bench_run_dir_parity_and_e2e_without_tensorflow(fixture_run: Path, tmp_
     assert e2e["extra"]["decode_resize_p50_ms"] > 0 and e2e["extra"]["images"] == 15
 
 
+def test_throughput_row_runs_over_more_images_than_the_e2e_row(fixture_run: Path, tmp_path: Path, monkeypatch):
+    """The folder-throughput row gets its own, longer image list, also through the isolated worker process."""
+    from edgetune.benchmarks import bench
+
+    monkeypatch.setattr(bench, "E2E_IMAGES", 4)
+    save_reference(fixture_run, _independent_reference(fixture_run))
+    res = run_bench(BenchConfig(targets=[fixture_run], threads="1", keras="off", raw=False, isolate=True,
+                                out=tmp_path / "r.json", **FAST))
+    rows = {r["mode"]: r for r in res["latency"] if r["name"] == "tiny3_int8.tflite"}
+    assert rows["e2e"]["extra"]["images"] == 4
+    assert rows["throughput"]["extra"]["images"] == 15  # every held-out image: fewer than THROUGHPUT_IMAGES
+    assert bench.THROUGHPUT_IMAGES > 20
+
+
 def _independent_reference(run: Path) -> np.ndarray:
     """The Keras stand-in: the same network through another engine (ONNX Runtime on the tf2onnx export),
     so no model is compared with a reference computed by itself."""

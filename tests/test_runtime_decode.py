@@ -231,8 +231,13 @@ def test_bench_rows_break_file_to_label_down_and_time_folder_throughput():
     assert "(folder throughput)" in table and "decoding in 2 threads" in table and "p50 decode" in table
     assert tp.extra["interpreters"] == 1 and tp.extra["parallel_ips"] is None  # 1 thread in all: one interpreter
 
-    rows = bench_model(MODEL, [2], Timing(warmup=1, min_runs=3, min_time_s=0.01), e2e_files=images, interpreters=2)
-    tp = next(r for r in rows if r.mode == "throughput")
+    assert tp.extra["images"] == e2e.extra["images"] == len(images)  # no throughput_files: the e2e row's
+
+    folder = images * 3  # a longer folder for the throughput row than the e2e row cycles over
+    rows = bench_model(MODEL, [2], Timing(warmup=1, min_runs=3, min_time_s=0.01), e2e_files=images[:2],
+                       throughput_files=folder, interpreters=2)
+    e2e, tp = (next(r for r in rows if r.mode == m) for m in ("e2e", "throughput"))
+    assert (e2e.extra["images"], tp.extra["images"]) == (2, len(folder))
     assert tp.extra["interpreters"] == 2 and tp.extra["interpreter_threads"] == 1
     assert tp.extra["parallel_ips"] > 0 and tp.extra["decode_pool_ips"] > 0
     assert tp.throughput_ips == pytest.approx(tp.extra["parallel_ips"])
