@@ -30,11 +30,11 @@ from edgetune.outputs import check_output_file
 
 MODEL_SUFFIXES = (".tflite", ".onnx")
 E2E_IMAGES = 20
-# The folder-throughput row runs over more images than the file -> label row cycles: split over two
-# interpreters, 20 images leave one interpreter idle for up to a tenth of a pass (measured on cats-vs-dogs,
-# tflite_int8, a 2-core VNNI VM: 1.37x over 20 images, 1.58x over 200 for two interpreters vs one at a time).
-THROUGHPUT_IMAGES = 100
 """Files cycled by the end-to-end row (enough to vary sizes, few enough to stay in the page cache)."""
+THROUGHPUT_IMAGES = 100
+"""Files the folder-throughput row passes over. More than the e2e row's: split over two interpreters, 20
+images leave one idle for up to a tenth of a pass (cats-vs-dogs, tflite_int8, a 2-core VNNI VM: two
+interpreters vs one at a time 1.37x over 20 images, 1.58x over 200)."""
 
 
 def find_models(targets: Sequence[Path]) -> tuple[Path | None, list[Path]]:
