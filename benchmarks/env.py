@@ -18,8 +18,8 @@ from typing import Any
 
 from edgetune.versions import package_versions
 
-LIBRARIES = ("edgetune", "numpy", "pillow", "ai-edge-litert", "tflite-runtime", "onnxruntime", "onnxruntime-gpu",
-             "tensorflow", "keras")
+LIBRARIES = ("edgetune", "numpy", "pillow", "simplejpeg", "ai-edge-litert", "tflite-runtime", "onnxruntime",
+             "onnxruntime-gpu", "tensorflow", "keras")
 """Distributions whose versions are recorded (read from package metadata: nothing is imported)."""
 
 SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "neon", "asimd",

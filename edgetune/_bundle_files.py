@@ -13,7 +13,7 @@ INSTALL_SH = r"""#!/usr/bin/env bash
 #   --onnx    also install ONNX Runtime (only needed for .onnx models).
 #   PYTHON=python3.11 bash install.sh    picks the interpreter (default python3; 3.10 or newer).
 #
-# pip fetches numpy, Pillow and ai-edge-litert for this machine from PyPI (internet needed) at the
+# pip fetches numpy, Pillow, simplejpeg and ai-edge-litert for this machine from PyPI (internet needed) at the
 # versions in requirements.txt. Every file is first checked against manifest.json. Written by
 # `edgetune bundle`; running it again upgrades edgetune in the same venv.
 set -euo pipefail

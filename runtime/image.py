@@ -6,7 +6,9 @@ by construction. It applies the contract (`edgetune.contract.Preprocessing`):
 
 * decode with Pillow (libjpeg-turbo's default ISLOW IDCT = TF's `dct_method="INTEGER_ACCURATE"`);
   every format in IMAGE_SUFFIXES, whatever the file is named (Pillow reads the content), animated
-  GIF, WebP and PNG take their first frame;
+  GIF, WebP and PNG take their first frame. Colour JPEGs go straight from libjpeg-turbo into numpy
+  through `simplejpeg` where it is installed (a base dependency where it has wheels): the same
+  library with the same settings, so the same pixels, in about half the time (`_decode_jpeg_turbo`);
 * apply the EXIF orientation tag (`ImageOps.exif_transpose`);
 * convert grayscale, 1-bit, RGBA, CMYK and palette images to RGB (palette indices become their
   colours; alpha is dropped, as TF's `channels=3`); 16-bit images keep their high byte;
@@ -25,6 +27,11 @@ from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
+
+try:  # libjpeg-turbo straight into numpy; absent where it has no wheel (32-bit Pi OS)
+    import simplejpeg as _simplejpeg
+except ImportError:  # pragma: no cover - depends on the platform
+    _simplejpeg = None
 
 from edgetune import UserError
 from edgetune.contract import Preprocessing
@@ -56,7 +63,11 @@ def load_image(path: str | os.PathLike, exif_orientation: bool = True, *, draft:
     _require_regular_file(path)
     try:
         with Image.open(path) as img:
-            if draft is not None:
+            if draft is None:
+                fast = _decode_jpeg_turbo(img, exif_orientation)
+                if fast is not None:
+                    return fast
+            else:
                 jpeg_draft(img, draft, exif_orientation)
             # load() decodes the whole first frame now, so a truncated file fails here, not later.
             img.load()
@@ -75,6 +86,34 @@ def load_image(path: str | os.PathLike, exif_orientation: bool = True, *, draft:
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         # Pillow reports truncated and foreign files as OSError/UnidentifiedImageError (an OSError).
         raise ImageError(f"{path}: not a readable image ({exc})") from exc
+
+
+# EXIF orientation -> the numpy view that `ImageOps.exif_transpose` produces (1 = as stored).
+_ORIENT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+           5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
+           7: lambda a: a[::-1, ::-1].transpose(1, 0, 2), 8: lambda a: np.rot90(a, 1)}
+
+
+def _decode_jpeg_turbo(img: Image.Image, exif_orientation: bool) -> np.ndarray | None:
+    """A colour JPEG decoded by libjpeg-turbo straight into numpy (`simplejpeg`), or None to use Pillow.
+
+    Why: for a 500x375 photo Pillow spends about as long on its own buffers (RGBX rows, then the copy to
+    numpy) as libjpeg-turbo spends decoding; this path measures about 2x faster. Same pixels, by construction
+    and by test: both call libjpeg-turbo with its defaults (ISLOW IDCT, fancy upsampling, YCbCr -> RGB).
+    Only plain colour JPEGs take it (Pillow mode RGB); grayscale, CMYK, MPO and draft decoding stay with
+    Pillow. `strict=True` raises on any libjpeg warning (truncated or corrupt data); such a file goes to
+    Pillow, which decides as it always did (error or pixels), so the result never depends on which path ran.
+    """
+    if _simplejpeg is None or img.format != "JPEG" or img.mode != "RGB":
+        return None
+    orientation = img.getexif().get(EXIF_ORIENTATION_TAG, 1) if exif_orientation else 1
+    img.fp.seek(0)
+    try:
+        pixels = _simplejpeg.decode_jpeg(img.fp.read(), "RGB", strict=True)
+    except ValueError:
+        return None
+    turn = _ORIENT.get(orientation)
+    return np.ascontiguousarray(turn(pixels)) if turn else pixels
 
 
 def _require_regular_file(path: str | os.PathLike) -> None:

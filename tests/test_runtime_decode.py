@@ -101,6 +101,84 @@ def test_jpeg_draft_respects_exif_rotation(tmp_path):
         assert im.size == (25, 100)  # what a draft that ignored the turn would decode
 
 
+def _both_decoders(monkeypatch, path, **kw):
+    """load_image through libjpeg-turbo's direct path (counting its calls) and through Pillow only."""
+    import simplejpeg as turbo
+
+    import edgetune.runtime.image as image_module
+    calls = []
+
+    class Counting:
+        @staticmethod
+        def decode_jpeg(*a, **k):
+            calls.append(1)
+            return turbo.decode_jpeg(*a, **k)
+
+    def run(decoder):
+        monkeypatch.setattr(image_module, "_simplejpeg", decoder)
+        try:
+            return load_image(path, **kw)
+        except ImageError as exc:
+            return f"ImageError: {exc}"
+
+    fast = run(Counting)
+    return fast, run(None), len(calls)
+
+
+@pytest.mark.parametrize("variant", ["4:2:0", "4:2:2", "4:4:4", "progressive", "restart markers", "odd size",
+                                     "grayscale", "CMYK"])
+def test_the_direct_jpeg_path_gives_pillows_pixels(tmp_path, monkeypatch, variant):
+    pytest.importorskip("simplejpeg")
+    w, h = (161, 97) if variant == "odd size" else (320, 240)
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[0:h, 0:w]
+    arr = np.stack([xx * 255 / w, yy * 255 / h, 128 + 100 * np.sin(xx / 5.0)], -1) + rng.normal(0, 20, (h, w, 3))
+    img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    kw = {"quality": 85, "subsampling": {"4:2:2": 1, "4:4:4": 0}.get(variant, 2)}
+    if variant == "progressive":
+        kw["progressive"] = True
+    if variant == "restart markers":
+        kw["restart_marker_rows"] = 1
+    if variant in ("grayscale", "CMYK"):
+        img = img.convert("L" if variant == "grayscale" else "CMYK")
+    path = tmp_path / "x.jpg"
+    img.save(path, **kw)
+    fast, pillow, calls = _both_decoders(monkeypatch, path)
+    assert fast.dtype == np.uint8 and fast.shape == pillow.shape == (h, w, 3)
+    assert np.array_equal(fast, pillow)  # bit for bit
+    # Colour JPEGs take the direct path (so this test would notice it silently never running); the rest Pillow.
+    assert calls == (0 if variant in ("grayscale", "CMYK") else 1)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_the_direct_jpeg_path_turns_by_exif_as_pillow_does(tmp_path, monkeypatch, orientation):
+    pytest.importorskip("simplejpeg")
+    path = jpeg(tmp_path / "o.jpg", 120, 50, orientation=orientation)
+    fast, pillow, calls = _both_decoders(monkeypatch, path)
+    assert calls == 1 and fast.flags.c_contiguous
+    assert fast.shape == pillow.shape == ((120, 50, 3) if orientation >= 5 else (50, 120, 3))
+    assert np.array_equal(fast, pillow)
+    unturned, unturned_pillow, _ = _both_decoders(monkeypatch, path, exif_orientation=False)
+    assert unturned.shape == (50, 120, 3) and np.array_equal(unturned, unturned_pillow)
+
+
+def test_a_damaged_jpeg_is_judged_by_pillow_on_the_direct_path(tmp_path, monkeypatch):
+    # libjpeg warns on truncated or corrupt data; the direct path hands every such file to Pillow, so the
+    # answer (an error, or Pillow's pixels) is the same whichever path is installed.
+    pytest.importorskip("simplejpeg")
+    data = jpeg(tmp_path / "whole.jpg", 300, 200).read_bytes()
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(data[: len(data) // 2])
+    fast, pillow, _ = _both_decoders(monkeypatch, cut)
+    assert fast == pillow and "truncated" in fast
+    sos = data.index(b"\xff\xda")  # junk bytes before the scan: libjpeg's "extraneous bytes" warning
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(data[:sos] + b"\x00\x11\x22" + data[sos:])
+    fast, pillow, _ = _both_decoders(monkeypatch, junk)
+    assert type(fast) is type(pillow)
+    assert (fast == pillow) if isinstance(fast, str) else np.array_equal(fast, pillow)
+
+
 def test_contract_field_defaults_off_and_is_typed():
     assert Preprocessing.from_dict({"size": [160, 160]}).jpeg_draft is False  # metadata older than the field
     assert Preprocessing.from_dict({"size": [160, 160], "jpeg_draft": True}).jpeg_draft is True
