@@ -85,7 +85,9 @@ say "building the edgetune wheel from $REPO"
 rm -rf "$WORK/dist" "$WORK/app" && mkdir -p "$WORK/dist"
 "$PY_HOST" -m pip wheel -q --no-deps --no-build-isolation -w "$WORK/dist" "$REPO" >/dev/null 2>&1
 WHEEL="$(ls "$WORK"/dist/edgetune-*.whl)"
-if [ ! -f "$SITE/.complete" ]; then
+# The cached wheels are reused only for the same requirement list (a new dependency refetches them).
+REQS="$("$PY_HOST" -c 'import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); m = [n for n in z.namelist() if n.endswith(".dist-info/METADATA")][0]; print(sorted(l for l in z.read(m).decode().splitlines() if l.startswith("Requires-Dist")))' "$WHEEL")"
+if [ ! -f "$SITE/.complete" ] || [ "$(cat "$SITE/.complete")" != "$REQS" ]; then
     say "fetching aarch64 wheels (edgetune's base dependencies + the [onnx] extra)"
     rm -rf "$SITE"
     PLAT=()
@@ -94,7 +96,7 @@ if [ ! -f "$SITE/.complete" ]; then
     "$PY_HOST" -m pip install -q --target "$SITE" --only-binary=:all: --python-version "$PYV" --implementation cp \
         --abi "cp${PYV/./}" "${PLAT[@]}" "$WHEEL[onnx]"
     rm -rf "$SITE"/edgetune "$SITE"/edgetune-*.dist-info  # the checkout's code goes in app/ on every run
-    touch "$SITE/.complete"
+    printf '%s' "$REQS" > "$SITE/.complete"
 fi
 "$PY_HOST" -m pip install -q --no-deps --target "$WORK/app" "$WHEEL" >/dev/null
 "$PY_HOST" - "$SITE" <<'EOF'
