@@ -14,6 +14,9 @@ import numpy as np
 
 
 def main(argv: list[str]) -> int:
+    from edgetune._memory import keep_freed_memory
+
+    keep_freed_memory()  # as the `edgetune` command does: the file -> label rows time what a user's run gets
     spec = json.loads(Path(argv[0]).read_text())
     from edgetune.benchmarks.latency import Timing
 

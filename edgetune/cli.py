@@ -15,6 +15,7 @@ import sys
 
 from edgetune import UserError, __version__
 from edgetune._console import QuietConsole, edgetune_warnings
+from edgetune._memory import keep_freed_memory
 from edgetune.contract import ContractError
 
 # subcommand -> (lean module with add_arguments(parser) and run(args) -> int, one-line help)
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    keep_freed_memory()
     debug = args.debug or bool(os.environ.get("EDGETUNE_DEBUG"))
     verbose = args.verbose_logs or bool(os.environ.get("EDGETUNE_VERBOSE"))
     console = QuietConsole().start() if args.command in HEAVY and not verbose else None

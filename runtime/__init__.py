@@ -10,9 +10,12 @@
     stats = runner.run()                                    # until the source ends or Ctrl-C
 
 Interpreters (LiteRT for .tflite, ONNX Runtime for .onnx) are imported only when a model is loaded;
-OpenCV and picamera2 only when a stream opens a camera, video or URL.
+OpenCV and picamera2 only when a stream opens a camera, video or URL. A program classifying many images
+may call `keep_freed_memory()` once, as the `edgetune` command does (glibc's malloc otherwise hands each
+image's buffers back to the kernel and page-faults them in again for the next one).
 """
 
+from edgetune._memory import keep_freed_memory
 from edgetune.runtime._backends import DEVICES, TensorDetails, default_threads, open_backend
 from edgetune.runtime._parallel import default_decode_workers, default_interpreters, map_ordered, map_ordered_pooled
 from edgetune.runtime.image import (ImageError, decode_for_contract, find_images, load_and_preprocess, load_for_contract,
@@ -40,6 +43,7 @@ __all__ = [
     "decode_for_contract",
     "default_threads",
     "find_images",
+    "keep_freed_memory",
     "frame_to_input",
     "load_and_preprocess",
     "load_for_contract",

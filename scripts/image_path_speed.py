@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from edgetune.contract import read_split
-from edgetune.runtime import Predictor, find_images, load_image, map_ordered, preprocess, resize_bilinear
+from edgetune.runtime import (Predictor, find_images, keep_freed_memory, load_image, map_ordered, preprocess,
+                              resize_bilinear)
 
 
 def image_list(spec: str, limit: int) -> list[str]:
@@ -116,7 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=200, help="images used (0: all)")
     ap.add_argument("--baseline-code", type=Path, help="an older edgetune checkout: time its image.py too")
     ap.add_argument("--out", type=Path, help="write the figures as JSON")
+    ap.add_argument("--malloc-defaults", action="store_true", help="leave glibc's malloc thresholds as they are "
+                    "(the `edgetune` command raises them: keep_freed_memory)")
     args = ap.parse_args(argv)
+    if not args.malloc_defaults:
+        keep_freed_memory()
 
     files = image_list(args.images, args.limit)
     p = Predictor.from_path(args.model, threads=args.threads)
