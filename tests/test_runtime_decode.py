@@ -211,6 +211,23 @@ def test_damaged_jpegs_give_the_same_answer_on_both_paths(tmp_path, monkeypatch)
     assert outcomes == {str, np.ndarray}  # both kinds of answer occurred, so both were compared
 
 
+def test_fixture_pixels_match_the_committed_reference_on_both_paths(monkeypatch):
+    # The reference (tests/fixtures/reference_x86_64.json, made by Pillow alone) is what the emulated Pi is
+    # held to: a Pillow or libjpeg-turbo upgrade that changed decoded pixels would split training from the Pi.
+    import hashlib
+
+    import edgetune.runtime.image as image_module
+
+    fixtures = ROOT / "tests" / "fixtures"
+    reference = json.loads((fixtures / "reference_x86_64.json").read_text())["pixels"]
+    assert len(reference) >= 20 and any(k.endswith(".jpg") for k in reference)
+    for decoder in {image_module._simplejpeg, None}:
+        monkeypatch.setattr(image_module, "_simplejpeg", decoder)
+        for name, digest in reference.items():
+            a = load_image(fixtures / name)
+            assert hashlib.sha256(repr(a.shape).encode() + a.tobytes()).hexdigest() == digest, (name, decoder)
+
+
 def test_contract_field_defaults_off_and_is_typed():
     assert Preprocessing.from_dict({"size": [160, 160]}).jpeg_draft is False  # metadata older than the field
     assert Preprocessing.from_dict({"size": [160, 160], "jpeg_draft": True}).jpeg_draft is True
