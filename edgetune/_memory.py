@@ -9,8 +9,6 @@ the thresholds below, in the same process otherwise. A page fault is cheaper on 
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 
 MMAP_THRESHOLD = 8 << 20
@@ -35,8 +33,10 @@ def keep_freed_memory() -> bool:
     _done = False
     if not _glibc() or any(os.environ.get(v) for v in _USER_SETTINGS):
         return False
+    import ctypes  # here, not at import: `import edgetune.runtime` need not load it
+
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL(None)  # the process's own symbols, glibc's mallopt among them (no library search)
         _done = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(_M_TRIM_THRESHOLD,
                                                                                             TRIM_THRESHOLD))
     except (OSError, AttributeError):

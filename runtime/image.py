@@ -88,12 +88,6 @@ def load_image(path: str | os.PathLike, exif_orientation: bool = True, *, draft:
         raise ImageError(f"{path}: not a readable image ({exc})") from exc
 
 
-# EXIF orientation -> the numpy view that `ImageOps.exif_transpose` produces (1 = as stored).
-_ORIENT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
-           5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
-           7: lambda a: a[::-1, ::-1].transpose(1, 0, 2), 8: lambda a: np.rot90(a, 1)}
-
-
 def _decode_jpeg_turbo(img: Image.Image, exif_orientation: bool) -> np.ndarray | None:
     """A colour JPEG decoded by libjpeg-turbo straight into numpy (`simplejpeg`), or None to use Pillow.
 
@@ -138,6 +132,10 @@ def _file_kind(mode: int) -> str:
 
 EXIF_ORIENTATION_TAG = 0x0112
 _TRANSPOSING = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+# EXIF orientation -> the numpy view that `ImageOps.exif_transpose` produces (1 = as stored).
+_ORIENT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+           5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
+           7: lambda a: a[::-1, ::-1].transpose(1, 0, 2), 8: lambda a: np.rot90(a, 1)}
 
 
 def jpeg_draft(img: Image.Image, size: Sequence[int], exif_orientation: bool = True) -> None:
