@@ -19,6 +19,7 @@ _EXPORTS = {
     "done_presets": "edgetune.convert.report",
     "write_flips_sheet": "edgetune.convert.flips",
     "correct_biases": "edgetune.convert.bias_correction",
+    "fold_preprocessing": "edgetune.convert.input_fold",
 }
 
 __getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -25,6 +25,10 @@ class ConvertConfig:
                                "with error feedback over the calibration images' input statistics, GPTQ; the rest to the "
                                "nearest step) or nearest. Fine-tuning moves weights by less than one int8 step, so "
                                "nearest rounding mostly undoes it", "gptq", choices=("gptq", "nearest"))
+    fold_preprocessing: bool = opt("tflite_int8, tflite_int8_uint8io and tflite_int8_ac: fold the preprocessing "
+                                   "(x / 127.5 - 1) into the first convolution, so the int8 model feeds whole pixel values "
+                                   "straight into it; as int8 ops of their own, the preprocessing requantizes every "
+                                   "pixel off its value (see README)", True)
     qat_epochs: int = opt("quantization-aware fine-tuning epochs (tflite_qat_int8)", 1)
     qat_learning_rate: float = opt("learning rate of the quantization-aware fine-tune (RMSprop)", 1e-5)
     qat_images: int = opt("training images used by QAT and pruning fine-tunes (0: the whole train split)", 0)

@@ -160,7 +160,7 @@ def _export_simple(inp: Inputs, preset: Preset, out: Path, cfg: ConvertConfig) -
     if name.startswith("tflite_"):
         kind = name.removeprefix("tflite_")
         integer = kind.startswith("int8")
-        source, how = inp.int8_source(cfg.bias_correction, cfg.weight_rounding) if integer else (inp.saved_model, {})
+        source, how = inp.int8_source(cfg.bias_correction, cfg.weight_rounding, cfg.fold_preprocessing) if integer else (inp.saved_model, {})
         out.write_bytes(tflite.convert_saved_model(source, kind, inp.calibration if integer else None))
         return {"quantization": {"method": kind, **_calibration_info(inp, cfg, integer), **how}}
     fp32 = out.parent / f".{name}.fp32.onnx"

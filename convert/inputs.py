@@ -60,27 +60,32 @@ class Inputs:
         meta.output_kind = EXPORT_OUTPUT_KIND
         return meta
 
-    def int8_source(self, bias_correction: bool, rounding: str = "gptq") -> tuple[Path, dict]:
+    def int8_source(self, bias_correction: bool, rounding: str = "gptq", fold: bool = True) -> tuple[Path, dict]:
         """The SavedModel the int8 presets convert from, and what was done to it (for the preset's JSON).
 
         With bias correction: a copy of the Keras model with int8-grid weights (1x1 kernels rounded with GPTQ
-        unless `rounding` is "nearest") and corrected biases (`edgetune.convert.bias_correction`), exported
-        once per convert and shared by every int8 preset.
+        unless `rounding` is "nearest") and corrected biases (`edgetune.convert.bias_correction`). With `fold`:
+        the preprocessing folded into the first convolution (`edgetune.convert.input_fold`), so the int8 model
+        reads whole pixel values into it without requantizing them first. Exported once per convert and shared
+        by every int8 preset.
         """
-        if not bias_correction:
-            return self.saved_model, {"bias_correction": "off"}
-        key = f"bias_corrected_{rounding}"
+        if not bias_correction and not fold:
+            return self.saved_model, {"bias_correction": "off", "input": "preprocessing ops quantized"}
+        key = (f"bias_corrected_{rounding}" if bias_correction else "uncorrected") + ("_folded" if fold else "")
         if key not in self.derived:
             from edgetune.convert.bias_correction import correct_biases
+            from edgetune.convert.input_fold import FOLDED, fold_preprocessing
             from edgetune.train.model import export_model, load_model
 
             if self.workdir is None:
                 raise ValueError("Inputs.workdir is needed for derived SavedModels")
             model = load_model(self.model_file)  # a fresh copy: the reference model keeps its weights
-            summary = correct_biases(model, self.calibration, rounding=rounding)
+            how = {"bias_correction": correct_biases(model, self.calibration, rounding=rounding).as_dict()
+                   if bias_correction else "off",
+                   "input": FOLDED if fold else "preprocessing ops quantized"}
             out = self.workdir / f"saved_model_{key}"
-            export_model(model).export(str(out), verbose=False)
-            self.derived[key] = (out, {"bias_correction": summary.as_dict()})
+            (fold_preprocessing(model) if fold else export_model(model)).export(str(out), verbose=False)
+            self.derived[key] = (out, how)
         return self.derived[key]
 
 

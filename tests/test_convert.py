@@ -430,3 +430,81 @@ def test_bias_correction_puts_weights_on_the_int8_grid_and_removes_the_mean_shif
     q = interpreter.get_tensor(found[0]["index"]).astype(np.float64)
     scales = found[0]["quantization_parameters"]["scales"].reshape(-1, 1, 1, 1)
     np.testing.assert_allclose(q * scales, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+def test_folded_preprocessing_is_the_same_model_and_spares_the_input_a_requantization(converted, tmp_path):
+    """The export graph with x / 127.5 - 1 folded into Conv1: the same model (but for half a pixel value on the padded
+    border); its int8 model feeds exact pixel values into the first convolution, whose output then stays closer to
+    float than with the preprocessing as int8 ops."""
+    import keras
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgetune.contract import read_split
+    from edgetune.convert.input_fold import FOLDED, fold_preprocessing
+    from edgetune.convert.tflite import convert_saved_model
+    from edgetune.train.model import BASE, PREPROCESS, export_model, load_model
+
+    run, rows = converted
+    assert json.loads((run / "export" / "tflite_int8.json").read_text())["quantization"]["input"] == FOLDED
+    model = load_model(run / "model.keras")
+    before = [np.asarray(w).copy() for w in model.weights]
+    x = np.stack([_load(p) for p, _ in read_split(run, "train")[:16]])
+    reference, folded = export_model(model), fold_preprocessing(model)
+    assert [layer.name for layer in folded.layers][1:3] == ["subtract_center", "Conv1_raw_pixels"]
+    assert np.asarray(reference(x)).std(axis=0).max() > 1e-3  # the fixture's outputs depend on the image
+    np.testing.assert_allclose(np.asarray(folded(x)), np.asarray(reference(x)), rtol=0, atol=1e-2)
+    assert all(np.array_equal(np.asarray(w), b) for w, b in zip(model.weights, before))  # the model is untouched
+
+    base = model.get_layer(BASE)
+    float_conv = np.asarray(base.get_layer("Conv1")(model.get_layer(PREPROCESS)(x)))
+    folded_conv = np.asarray(folded.layers[2](folded.layers[1](x)))
+    # "same" padding of an even size pads after: all but the last row and column see no padding and are exact.
+    np.testing.assert_allclose(folded_conv[:, :-1, :-1], float_conv[:, :-1, :-1], rtol=0,
+                               atol=1e-5 * np.abs(float_conv).max())
+    border = np.abs(folded_conv - float_conv).max()
+    assert 0 < border <= 0.5 / 127.5 * np.abs(np.asarray(base.get_layer("Conv1").kernel)).sum((0, 1, 2)).max() + 1e-5
+
+    stem = keras.Model(base.inputs, base.get_layer("Conv1_relu").output)
+    float_stem = np.asarray(stem(model.get_layer(PREPROCESS)(x)))
+
+    x[0, 0, 0], x[0, 0, 1] = 0.0, 255.0  # calibration spans the pixel range, as 200 photos do (generated ones need not)
+
+    def first_conv(graph, name: str, to_preprocessed) -> tuple[list[str], tuple, float, float]:
+        """The int8 model's ops up to its first convolution, that convolution's input quantization, and the rms
+        errors of its input (in preprocessed units) and of its output against float."""
+        graph.export(str(tmp_path / name), verbose=False)
+        it = Interpreter(model_content=convert_saved_model(tmp_path / name, "int8", x), experimental_preserve_all_tensors=True)
+        it.allocate_tensors()
+        ops, tensors = it._get_ops_details(), it.get_tensor_details()
+        conv = next(op for op in ops if op["op_name"] == "CONV_2D")
+        ins, out = tensors[conv["inputs"][0]], tensors[conv["outputs"][0]]
+        input_errors, output_errors = [], []
+        for img, want in zip(x, float_stem):
+            it.set_tensor(it.get_input_details()[0]["index"], img[None])
+            it.invoke()
+            (si, zi), (so, zo) = ins["quantization"], out["quantization"]
+            got_in = to_preprocessed((it.get_tensor(ins["index"])[0].astype(np.float64) - zi) * si)
+            input_errors.append(np.mean((got_in - (img / 127.5 - 1.0)) ** 2))
+            output_errors.append(np.mean(((it.get_tensor(out["index"])[0].astype(np.float64) - zo) * so - want) ** 2))
+        return ([op["op_name"] for op in ops[:conv["index"] + 1]], ins["quantization"],
+                float(np.sqrt(np.mean(input_errors))), float(np.sqrt(np.mean(output_errors))))
+
+    plain_ops, _, plain_in, plain_out = first_conv(reference, "plain", lambda v: v)
+    folded_ops, conv_input, folded_in, folded_out = first_conv(folded, "folded", lambda v: (v + 128.0) / 127.5 - 1.0)
+    assert plain_ops == ["QUANTIZE", "MUL", "ADD", "CONV_2D"]
+    assert folded_ops == ["QUANTIZE", "ADD", "CONV_2D"]
+    assert conv_input == (1.0, 0)  # whole pixel values minus 128, exactly
+    # Folded, only the rounding of the resized image's fractions to whole pixels is left (at most half a pixel value).
+    assert folded_in <= 0.5 / 127.5 + 1e-7 and folded_in < 0.7 * plain_in, (folded_in, plain_in)
+    assert folded_out < plain_out, (folded_out, plain_out)
+
+
+def test_fold_refuses_a_graph_it_does_not_know():
+    import keras
+
+    from edgetune.convert.input_fold import fold_preprocessing
+
+    inputs = keras.Input((8, 8, 3))
+    odd = keras.Model(inputs, keras.layers.Dense(2, name="logits")(inputs))
+    with pytest.raises(ValueError):
+        fold_preprocessing(odd)
