@@ -1,10 +1,11 @@
 """The tflite_int8_ac preset: int8 with the fewest most sensitive layers in float until the budget holds.
 
-Calibrate once; if plain int8 already agrees with Keras on at least --ac-min-agreement of the held-out
+Calibrate once (from the same folded, weight-corrected source as tflite_int8); if plain int8 already agrees with Keras on at least --ac-min-agreement of the held-out
 images and loses at most --max-drop points, that is the model. Otherwise, when asked (--ac-range-percentiles),
 try the same all-int8 model with percentile activation ranges (`activation_ranges`: same ops, same
 latency). Then rank the quantized ops by their own rounding error (QuantizationDebugger, in int8 steps)
-and keep the worst ones in float, as few as meet both targets (`accuracy_control.search`), from min/max
+and keep the worst ones in float, as few as meet both targets (`accuracy_control.search`; the input stage, up to
+the first convolution, always stays float in the search: `accuracy_control.input_stage`), from min/max
 ranges and from the best percentile ranges when they agreed better. The JSON records which layers, why,
 every trial and the latency cost against plain int8 (p50 through the edgetune runtime at 1 and 2 threads).
 """
@@ -87,7 +88,7 @@ def _search(quantizer, inp: Inputs, cfg: ConvertConfig, judge_model, plain: byte
     """
     from dataclasses import replace
 
-    from edgetune.convert.accuracy_control import ranked, search, tail
+    from edgetune.convert.accuracy_control import input_stage, ranked, search, tail
 
     targets = _targets(cfg)
     cost = _latency_cost(inp, plain, scratch) if cfg.ac_max_latency_ratio else None
@@ -96,14 +97,15 @@ def _search(quantizer, inp: Inputs, cfg: ConvertConfig, judge_model, plain: byte
         quantizer.use_calibration(calibrated)
         errors = quantizer.layer_errors()  # each calibration ranks its own ops (own ranges change which ops err)
         label = "min/max" if ranges["method"] == "min/max" else f"percentile {ranges['percentile']:g}"
+        keep = input_stage(errors)
         for name, order in (("ranked", ranked(errors)), ("tail", tail(errors))):
-            model, float_layers, trials = search(quantizer, order, judge_model, targets, name, cost)
+            model, float_layers, trials = search(quantizer, order, judge_model, targets, name, cost, keep)
             trials = [replace(t, order=f"{t.order}, {label} ranges") for t in trials]
             results.append((model, float_layers, trials, ranges, errors))
             if any(t.met for t in trials):
                 break
-        if any(len(r[1]) <= 1 and _chosen(r).met for r in results):
-            break  # no other calibration can do better than one op
+        if any(len(r[1]) <= len(keep) + 1 and _chosen(r).met for r in results):
+            break  # no other calibration can do better than one op beyond the input stage
 
     met = [r for r in results if _chosen(r).met]
     if met:
@@ -162,7 +164,7 @@ def export_int8_ac(inp: Inputs, cfg: ConvertConfig, preset: Preset, out: Path) -
 
     scratch = out.parent / f".{preset.name}.trial.tmp.tflite"
     try:
-        source, how = inp.int8_source(cfg.bias_correction, cfg.weight_rounding)
+        source, how = inp.int8_source(cfg.bias_correction, cfg.weight_rounding, cfg.fold_preprocessing)
         quantizer = SelectiveQuantizer(source, inp.calibration)
         judge_model = _judge_bytes(inp, cfg, preset, scratch)
         plain = quantizer.model()
@@ -195,8 +197,10 @@ def export_int8_ac(inp: Inputs, cfg: ConvertConfig, preset: Preset, out: Path) -
                     "max_float_layers": cfg.ac_max_float_layers, "max_latency_ratio": cfg.ac_max_latency_ratio},
         "targets_met": any(t.met for t in trials),
         "float_layers": [{**by_tensor[t].as_dict(), "position": list(by_tensor).index(t)} for t in float_layers],
-        "why": "ranked: the ops with the largest int8 rounding error (rmse in int8 steps; 0.29 is pure rounding "
-               "noise); tail: the last ops of the network, which then run without requantization in between",
+        "why": "input stage: the ops up to the first convolution, kept float in every searched candidate so that "
+               "nothing rounds the input before it; then ranked: the ops with the largest int8 rounding error (rmse "
+               "in int8 steps; 0.29 is pure rounding noise); tail: the last ops of the network, which then run "
+               "without requantization in between",
         "search": [t.__dict__ for t in trials],
         "search_images": f"{len(inp.heldout_y)} held-out images, the same the gate judges: the search stops at the "
                          "first candidate meeting the targets, so the gate sees the numbers the search saw",

@@ -137,6 +137,27 @@ def test_search_never_picks_a_model_over_the_latency_budget():
     assert not any(t.met for t in trials)
 
 
+def test_search_keeps_the_input_stage_float_in_every_candidate_and_counts_it():
+    from edgetune.convert.accuracy_control import LayerError, Targets, input_stage, search
+
+    errors = [LayerError("pad", "PADV2", 0.6, 0.0, 1.0), LayerError("conv1", "CONV_2D", 0.5, 0.0, 0.02)] + _ranking(10)
+    keep = input_stage(errors)
+    assert [e.tensor for e in keep] == ["pad", "conv1"]  # up to and including the first convolution
+    assert input_stage([LayerError("add", "ADD", 1.0, 0.0, 1.0)]) == []  # no convolution: nothing to keep
+
+    def judge(model):  # the targets are met with 2 ops beyond the input stage (4 float in all)
+        return (0.992 if int(model) >= 4 else 0.98), 0.0
+
+    q = FakeQuantizer()
+    model, float_layers, trials = search(q, errors, judge, Targets(0.99, 0.5, 16), keep=keep)
+    assert model == b"4" and float_layers == ["pad", "conv1", "t0", "t1"]
+    assert all(call[:2] == ["pad", "conv1"] for call in q.calls)  # never quantized, whatever the candidate
+    assert all(call.count("pad") == 1 for call in q.calls)  # ranked candidates do not add them twice
+    assert [t.float_layers for t in trials] == [2, 3, 4]  # input stage alone first, counted in every trial
+    capped = search(FakeQuantizer(), errors, judge, Targets(0.99, 0.5, 3), keep=keep)[2]
+    assert [t.float_layers for t in capped] == [2, 3]  # the cap on float ops includes the input stage
+
+
 def test_candidate_orders():
     from edgetune.convert.accuracy_control import LayerError, ranked, tail
 
@@ -295,7 +316,8 @@ def test_float_op_search_tries_both_calibrations_and_keeps_the_fewest_float_ops(
     # What each calibration and order needs: percentile ranges meet with a 13-op tail, min/max with 1 ranked op.
     needs = {(b"p100", "ranked"): None, (b"p100", "tail"): 13, (b"minmax", "ranked"): 1}
 
-    def fake_search(quantizer, candidates, judge, targets, order, cost):
+    def fake_search(quantizer, candidates, judge, targets, order, cost, keep=()):
+        assert [e.tensor for e in keep] == [f"{quantizer.calibrated.decode()}-t0"]  # the first op is a convolution
         k = needs.get((quantizer.calibrated, order))
         if k is None:
             return b"best-effort", ["t0"], [Trial(order, 0, 0.98, 0.0, False), Trial(order, 1, 0.985, 0.0, False)]
