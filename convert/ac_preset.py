@@ -1,7 +1,8 @@
 """The tflite_int8_ac preset: int8 with the fewest most sensitive layers in float until the budget holds.
 
-Calibrate once (from the same folded, weight-corrected source as tflite_int8); if plain int8 already agrees with Keras on at least --ac-min-agreement of the held-out
-images and loses at most --max-drop points, that is the model. Otherwise, when asked (--ac-range-percentiles),
+Calibrate once (from the same folded, weight-corrected source as tflite_int8); if plain int8 already agrees
+with Keras on at least --ac-min-agreement of the held-out images and loses at most --max-drop points, that is
+the model. Otherwise, when asked (--ac-range-percentiles),
 try the same all-int8 model with percentile activation ranges (`activation_ranges`: same ops, same
 latency). Then rank the quantized ops by their own rounding error (QuantizationDebugger, in int8 steps)
 and keep the worst ones in float, as few as meet both targets (`accuracy_control.search`; the input stage, up to
