@@ -136,6 +136,20 @@ def test_batch_equals_single_images_and_accepts_hwc():
         p.predict(np.zeros((1, 16, 16, 3), np.float32))
 
 
+def test_a_dynamic_onnx_batch_runs_in_bounded_chunks():
+    """ONNX Runtime plans activations for the whole batch: 1,000 images in one call took bench past 20 GB."""
+    from edgetune.runtime._backends import ONNX_MAX_BATCH
+
+    p = Predictor.from_path(MODELS / "tiny3_fp32_onnx.onnx")
+    assert p.backend.inputs[0].shape[0] == -1  # the fixture's batch is dynamic
+    sizes, invoke = [], p.backend.invoke
+    p.backend.invoke = lambda x: sizes.append(len(x)) or invoke(x)
+    x = np.concatenate([batch()] * (2 * ONNX_MAX_BATCH // len(batch()) + 1))
+    got = p.predict(x)
+    assert max(sizes) == ONNX_MAX_BATCH and sum(sizes) == len(x) > 2 * ONNX_MAX_BATCH
+    np.testing.assert_allclose(got, np.concatenate([p.predict(img) for img in x[:5]] + [got[5:]]), atol=1e-6)
+
+
 def test_backend_info_names_what_runs():
     lite = Predictor.from_path(MODELS / "tiny3_fp32.tflite", threads=2).backend_info()
     assert lite["backend"] == "litert" and lite["delegate"] == "XNNPACK" and lite["threads"] == 2
