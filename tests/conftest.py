@@ -109,3 +109,27 @@ def tiny_run_dir(tmp_path_factory) -> Path:
     make_image_tree(root / "data" / "train", per_class=16, seed=1)
     make_image_tree(root / "data" / "validation", per_class=10, seed=2)
     return train_run(tiny_train_config(root / "data", root / "run"))
+
+
+@pytest.fixture(scope="session")
+def converted(tmp_path_factory):
+    """A tiny but confident model (so quantization has decisions to keep), converted through every preset:
+    (run dir, rows by preset), once per session for test_convert.py and test_convert_int8.py."""
+    from edgetune.convert import ConvertConfig, convert_run
+    from edgetune.train import train_run
+
+    root = tmp_path_factory.mktemp("convert")
+    make_image_tree(root / "data" / "train", per_class=16, seed=1)
+    make_image_tree(root / "data" / "validation", per_class=20, seed=2)
+    run = train_run(tiny_train_config(root / "data", root / "run", epochs=20, learning_rate=1e-3, fine_tune_epochs=0))
+    # 32 training images are one step per epoch: 10 steps for the fake-quant ranges to settle and the pruned net to recover.
+    rows = convert_run(ConvertConfig(run=run, preset="all", calibration_images=16, qat_epochs=10, qat_learning_rate=1e-4, prune_epochs=10,
+                                     qat_min_steps=0, prune_min_steps=0, int8_floor=0.75, pruned_floor=0.75))
+    return run, {r.preset: r for r in rows}
+
+
+def tiny_input(path):
+    """One fixture image as the `converted` run's model input (48 px)."""
+    from edgetune.runtime import load_and_preprocess
+
+    return load_and_preprocess(path, (48, 48))
