@@ -31,6 +31,9 @@ class ConvertConfig:
                                    "pixel off its value (see README)", True)
     qat_epochs: int = opt("quantization-aware fine-tuning epochs (tflite_qat_int8)", 1)
     qat_learning_rate: float = opt("learning rate of the quantization-aware fine-tune (RMSprop)", 1e-5)
+    qat_mixup: float = opt("share of QAT's distillation images blended with another (mixup) and labelled by the Keras "
+                           "model on the blend; with random flips, the student learns the teacher's decision boundary, "
+                           "not only its (near-certain) answers on the training images. 0: the training images as they are", 0.0)
     qat_images: int = opt("training images used by QAT and pruning fine-tunes (0: the whole train split)", 0)
     qat_min_steps: int = opt("QAT runs at least this many steps of 32 images: --qat-epochs grows on small data sets", 100)
     prune_min_steps: int = opt("pruning runs at least this many steps of 32 images: --prune-epochs grows on small "
@@ -81,6 +84,7 @@ class ConvertConfig:
             (self.calibration_images >= 1, f"--calibration-images must be >= 1, got {self.calibration_images}"),
             (self.qat_epochs >= 1, f"--qat-epochs must be >= 1, got {self.qat_epochs}"),
             (self.qat_learning_rate > 0, f"--qat-learning-rate must be > 0, got {self.qat_learning_rate}"),
+            (0 <= self.qat_mixup <= 1, f"--qat-mixup must be in [0, 1], got {self.qat_mixup}"),
             (self.qat_images >= 0, f"--qat-images must be >= 0, got {self.qat_images}"),
             (self.qat_min_steps >= 0 and self.prune_min_steps >= 0, "--qat-min-steps and --prune-min-steps must be >= 0"),
             (0 < self.sparsity < 1, f"--sparsity must be in (0, 1), got {self.sparsity}"),

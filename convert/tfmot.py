@@ -49,14 +49,34 @@ def epochs_for(images: int, epochs: int, min_steps: int, batch: int = 32) -> int
     return max(epochs, math.ceil(min_steps / per_epoch))
 
 
-def _write_job(inp: Inputs, cfg: ConvertConfig, wanted: list[Preset], tmp: Path, export: Path) -> dict[str, str]:
-    """The worker's inputs as files in tmp; returns {worker output name: temporary model path in export/}."""
+def _layer_weights(model) -> dict:
     from edgetune.train.model import BASE, LOGITS
 
+    return {f"{layer.name}/{i}": w for layer in [*model.get_layer(BASE).layers, model.get_layer(LOGITS)]
+            for i, w in enumerate(layer.get_weights())}
+
+
+def _corrected_weights(inp: Inputs, cfg: ConvertConfig, path: Path) -> str:
+    """QAT's starting weights: the int8-grid weights and corrected biases of post-training int8
+    (`bias_correction.correct_biases`), so the fine-tune starts where tflite_int8 ends, not from nearest
+    rounding (which undoes fine-tuning: edgetune.convert.bias_correction)."""
+    from edgetune.convert.bias_correction import correct_biases
+    from edgetune.train.model import load_model
+
+    model = load_model(inp.model_file)  # a fresh copy: the teacher keeps the trained weights
+    correct_biases(model, inp.calibration, rounding=cfg.weight_rounding)
+    np.savez(path, **_layer_weights(model))
+    return str(path)
+
+
+def _write_job(inp: Inputs, cfg: ConvertConfig, wanted: list[Preset], tmp: Path, export: Path) -> dict[str, str]:
+    """The worker's inputs as files in tmp; returns {worker output name: temporary model path in export/}."""
     model = inp.keras_model
-    weights = {f"{layer.name}/{i}": w for layer in [*model.get_layer(BASE).layers, model.get_layer(LOGITS)]
-               for i, w in enumerate(layer.get_weights())}
+    weights = _layer_weights(model)
     np.savez(tmp / "weights.npz", **weights)
+    start = None
+    if cfg.bias_correction and any(p.name == "tflite_qat_int8" for p in wanted):
+        start = _corrected_weights(inp, cfg, tmp / "start_weights.npz")
     items = sample(inp.train_items, cfg.qat_images, cfg.seed + 1)
     print(f"loading {len(items)} training images for QAT/pruning", file=sys.stderr)
     np.save(tmp / "train_x.npy", load_items(items, inp.meta, "train", "fine-tune images"))
@@ -75,6 +95,7 @@ def _write_job(inp: Inputs, cfg: ConvertConfig, wanted: list[Preset], tmp: Path,
            "weights": str(tmp / "weights.npz"), "train_x": str(tmp / "train_x.npy"), "train_y": str(tmp / "train_y.npy"),
            "calibration": str(tmp / "calibration.npy"), "check_x": str(tmp / "check_x.npy"),
            "check_logits": str(tmp / "check_logits.npy"), "outputs": outputs, "distill": cfg.distill,
+           "qat_mixup": cfg.qat_mixup, "fold_input": cfg.fold_preprocessing, "start_weights": start,
            "qat_epochs": epochs_for(len(items), cfg.qat_epochs, cfg.qat_min_steps),
            "qat_learning_rate": cfg.qat_learning_rate, "sparsity": cfg.sparsity,
            "prune_epochs": epochs_for(len(items), cfg.prune_epochs, cfg.prune_min_steps),
