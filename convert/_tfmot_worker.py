@@ -70,10 +70,11 @@ def matching_batches(x: np.ndarray, teacher: tfk.Model, units: int, seed: int, m
 
     Why: on its own training images the fine-tuned float model is almost certain (measured on trashnet:
     the QAT student agreed with it on 99.7-100% of them from the first step, loss at the teacher's own
-    entropy), so distilling on them teaches the student nothing about the low-margin images where int8 flips
-    answers (held-out agreement 94.8%, below post-training int8). Blends and flips sit between the classes,
-    where the teacher's probabilities carry the shape of its decision boundary ("function matching",
-    Beyer et al. 2022, "Knowledge distillation: A good teacher is patient and consistent").
+    entropy), so distilling on them says little about the low-margin images where int8 flips answers.
+    Blends and flips sit between the classes, where the teacher's probabilities carry the shape of its
+    decision boundary ("function matching", Beyer et al. 2022, "Knowledge distillation: A good teacher is
+    patient and consistent"). Measured: held-out agreement within noise of distilling on the training
+    images (trashnet 97.0 vs 96.4%, CIFAR-10 94.9 vs 95.2%), so it is opt-in (--qat-mixup).
     """
     rng = np.random.default_rng(seed)
 

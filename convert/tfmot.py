@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetune.convert.config import ConvertConfig
+from edgetune.convert.input_fold import FOLDED
 from edgetune.convert.inputs import Inputs, load_items, sample
 from edgetune.convert.presets import Preset
 
@@ -140,7 +141,10 @@ def settings_for(method: str, cfg: ConvertConfig, report: dict) -> dict:
     """The fine-tune's settings and the worker's measurements for one preset's metadata."""
     part = "qat" if method == "qat_int8" else "prune"
     job = report.get("job", {})
-    settings = ({"qat_epochs": job.get("qat_epochs"), "qat_learning_rate": cfg.qat_learning_rate} if part == "qat" else
+    settings = ({"qat_epochs": job.get("qat_epochs"), "qat_learning_rate": cfg.qat_learning_rate, "qat_mixup": cfg.qat_mixup,
+                 "qat_start": ("bias-corrected int8-grid weights (--bias-correction, --weight-rounding "
+                               f"{cfg.weight_rounding})") if cfg.bias_correction else "the trained weights",
+                 "input": FOLDED if cfg.fold_preprocessing else "preprocessing ops quantized"} if part == "qat" else
                 {"sparsity_target": cfg.sparsity, "prune_epochs": job.get("prune_epochs"),
                  "prune_learning_rate": cfg.prune_learning_rate, "prune_min_weights": cfg.prune_min_weights})
     settings.update(distill=cfg.distill, fine_tune_images=job.get("images"))
