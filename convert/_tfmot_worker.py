@@ -84,15 +84,15 @@ def matching_batches(x: np.ndarray, teacher: tfk.Model, units: int, seed: int, m
         return tf.sigmoid(logits) if units == 1 else tf.nn.softmax(logits)
 
     n = len(x)
+    size = min(batch, n)  # a data set smaller than one batch gives batches of all its images
     while True:
-        for start in range(0, n - batch + 1, batch):
-            idx = np.sort(rng.permutation(n)[:batch])
-            images = np.asarray(x[idx], np.float32)
-            flip = rng.random(batch) < 0.5
-            images[flip] = images[flip, :, ::-1]
-            weight = np.where(rng.random(batch) < mix, rng.random(batch), 1.0).astype(np.float32)[:, None, None, None]
-            images = weight * images + (1.0 - weight) * images[rng.permutation(batch)]
-            yield images, teach(tf.constant(images)).numpy()
+        idx = np.sort(rng.permutation(n)[:size])
+        images = np.asarray(x[idx], np.float32)
+        flip = rng.random(size) < 0.5
+        images[flip] = images[flip, :, ::-1]
+        weight = np.where(rng.random(size) < mix, rng.random(size), 1.0).astype(np.float32)[:, None, None, None]
+        images = weight * images + (1.0 - weight) * images[rng.permutation(size)]
+        yield images, teach(tf.constant(images)).numpy()
 
 
 def with_probabilities(model: tfk.Model, units: int) -> tfk.Model:

@@ -52,6 +52,8 @@ SCRIPT = textwrap.dedent("""
     sources = images.astype(np.float32)
     blended = sum(not any(np.array_equal(img, s) or np.array_equal(img, s[:, ::-1]) for s in sources) for img in xb)
     assert blended >= 24, blended  # weights uniform in 0..1: (almost) every image is a blend
+    xb, pb = next(w.matching_batches(images[:5], float_model, 3, seed=1, mix=0.5))  # fewer images than a batch
+    assert xb.shape == (5, 32, 32, 3) and pb.shape == (5, 3)
     logits = float_model.get_layer("logits")  # confident logits, beyond tfmot's initial [-6, 6]
     logits.set_weights([logits.get_weights()[0], np.array([-20.0, 5.0, 30.0], np.float32)])
     qat_model, n_ranges = w.quantize_model(float_model, x)
