@@ -31,13 +31,18 @@ import tensorflow as tf  # noqa: E402
 import tf_keras as tfk  # noqa: E402
 import tensorflow_model_optimization as tfmot  # noqa: E402
 
+from edgetune.convert.input_fold import fold_center, fold_weights  # noqa: E402  (numpy only at import)
+
+PREPROCESS = (1.0 / 127.5, -1.0)
+"""The trained model's preprocessing, x * scale + offset (train.model's Rescaling)."""
+
 
 def build_flat(spec: dict, folded: bool = False) -> tfk.Model:
     """The trained network as one flat tf_keras graph; `folded`: the preprocessing is `x - 128` (weights from
     `fold_input`), as in convert's int8 source (`edgetune.convert.input_fold`)."""
     h, w = spec["image_size"]
     inputs = tfk.Input((h, w, 3), name="image")
-    scale, offset = (1.0, -128.0) if folded else (1.0 / 127.5, -1.0)
+    scale, offset = (1.0, -fold_center(*PREPROCESS)) if folded else PREPROCESS
     x = tfk.layers.Rescaling(scale, offset=offset, name="preprocess")(inputs)
     base = tfk.applications.MobileNetV2(input_tensor=x, include_top=False, weights=None, alpha=spec["alpha"])
     y = tfk.layers.GlobalAveragePooling2D(name="pooling")(base.output)
@@ -51,15 +56,15 @@ def fold_input(model: tfk.Model, float_model: tfk.Model) -> None:
 
     Why: an int8 model computes its own preprocessing with int8 ops, and those round every pixel value
     (edgetune.convert.input_fold). Folded, the input is quantized at scale 1 (whole pixel values, exact)
-    and the first convolution takes W / 127.5; Conv1 has no bias, so the constant sum(W) * (128 / 127.5 - 1)
-    goes into bn_Conv1's moving mean (BatchNorm subtracts it), where tfmot's Conv+BatchNorm folding keeps it.
+    and the first convolution takes W / 127.5 (`input_fold.fold_weights`, the same arithmetic); Conv1 has no
+    bias, so the fold's constant goes into bn_Conv1's moving mean (BatchNorm subtracts it), where tfmot's
+    Conv+BatchNorm folding keeps it.
     """
     model.set_weights(float_model.get_weights())
     conv, bn = model.get_layer("Conv1"), model.get_layer("bn_Conv1")
-    kernel = conv.get_weights()[0].astype(np.float64)
-    conv.set_weights([(kernel / 127.5).astype(np.float32)])
+    _, kernel, bias = fold_weights(conv.get_weights()[0], *PREPROCESS)
+    conv.set_weights([kernel.astype(np.float32)])
     gamma, beta, mean, var = bn.get_weights()
-    bias = kernel.sum(axis=(0, 1, 2)) * (128.0 / 127.5 - 1.0)
     bn.set_weights([gamma, beta, (mean - bias).astype(np.float32), var])
 
 

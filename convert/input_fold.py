@@ -25,6 +25,25 @@ FOLDED = ("preprocessing folded into the first convolution: raw pixels go into i
           "(--fold-preprocessing)")
 
 
+def fold_center(scale: float, offset: float) -> float:
+    """The integer nearest the raw value that `x * scale + offset` maps to 0 (128 for x / 127.5 - 1)."""
+    return float(np.round(-offset / scale))
+
+
+def fold_weights(kernel: np.ndarray, scale: float, offset: float) -> tuple[float, np.ndarray, np.ndarray]:
+    """`Rescaling(scale, offset)` followed by a bias-free convolution with `kernel`, as a subtraction of
+    `center` (the integer nearest the raw value that preprocesses to 0) and a convolution with the returned
+    kernel and bias: preprocessed = (raw - center) * s + (center * s + o), so
+    conv_W(preprocessed) = conv_{W * s}(raw - center) + (center * s + o) * sum(W) away from the padded border.
+
+    Returns:
+        (center, folded kernel, bias per output channel), in float64.
+    """
+    kernel = np.asarray(kernel, np.float64)
+    center = fold_center(scale, offset)
+    return center, kernel * scale, (center * scale + offset) * kernel.sum((0, 1, 2))
+
+
 def fold_preprocessing(model):
     """The export graph of an edgetune Keras model (`train.model.export_model`) with its preprocessing folded into
     the base's first convolution: same input (raw 0..255 RGB), the same probabilities up to float rounding
@@ -54,18 +73,14 @@ def fold_preprocessing(model):
     if scale <= 0:
         raise ValueError(f"preprocess scale must be positive, not {scale}")
 
-    kernel = np.asarray(conv.kernel, np.float64)
-    # The integer nearest the raw value whose preprocessed value is 0: padding with zeros after subtracting it
-    # is (almost) what "same" padding means in preprocessed space.
-    center = float(np.round(-offset / scale))
+    # Padding with zeros after subtracting the center is (almost) what "same" padding means in preprocessed space.
+    center, kernel, bias = fold_weights(np.asarray(conv.kernel), scale, offset)
     inputs = keras.Input(shape=model.input_shape[1:], name="image")
     x = keras.layers.Rescaling(1.0, offset=-center, name="subtract_center")(inputs)
     folded = keras.layers.Conv2D(conv.filters, conv.kernel_size, strides=conv.strides, padding="same",
                                  use_bias=True, name=f"{FIRST_CONV}_raw_pixels")
     x = folded(x)
-    # preprocessed = (raw - center) * s + (center * s + o), so conv = conv_with(W * s)(raw - center) + bias.
-    bias = (center * scale + offset) * kernel.sum((0, 1, 2))
-    folded.set_weights([(kernel * scale).astype(np.float32), bias.astype(np.float32)])
+    folded.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
     after_conv = keras.Model(conv.output, base.output, name=f"{BASE}_after_{FIRST_CONV}")
     x = after_conv(x)
 

@@ -73,19 +73,33 @@ class Inputs:
             return self.saved_model, {"bias_correction": "off", "input": "preprocessing ops quantized"}
         key = (f"bias_corrected_{rounding}" if bias_correction else "uncorrected") + ("_folded" if fold else "")
         if key not in self.derived:
-            from edgetune.convert.bias_correction import correct_biases
             from edgetune.convert.input_fold import FOLDED, fold_preprocessing
             from edgetune.train.model import export_model, load_model
 
             if self.workdir is None:
                 raise ValueError("Inputs.workdir is needed for derived SavedModels")
-            model = load_model(self.model_file)  # a fresh copy: the reference model keeps its weights
-            how = {"bias_correction": correct_biases(model, self.calibration, rounding=rounding).as_dict()
-                   if bias_correction else "off",
-                   "input": FOLDED if fold else "preprocessing ops quantized"}
+            if bias_correction:
+                model, summary = self.corrected_model(rounding)
+            else:
+                model, summary = load_model(self.model_file), "off"  # a fresh copy, as the corrected one is
+            how = {"bias_correction": summary, "input": FOLDED if fold else "preprocessing ops quantized"}
             out = self.workdir / f"saved_model_{key}"
             (fold_preprocessing(model) if fold else export_model(model)).export(str(out), verbose=False)
             self.derived[key] = (out, how)
+        return self.derived[key]
+
+
+    def corrected_model(self, rounding: str = "gptq") -> tuple[object, dict]:
+        """A copy of the Keras model with int8-grid weights and corrected biases (`bias_correction.correct_biases`),
+        and what the correction did; made once per convert (~20 s) and shared by the int8 presets' SavedModel and
+        QAT's starting weights. The reference model (`keras_model`) keeps its trained weights."""
+        key = ("corrected", rounding)
+        if key not in self.derived:
+            from edgetune.convert.bias_correction import correct_biases
+            from edgetune.train.model import load_model
+
+            model = load_model(self.model_file)
+            self.derived[key] = (model, correct_biases(model, self.calibration, rounding=rounding).as_dict())
         return self.derived[key]
 
 

@@ -59,14 +59,9 @@ def _layer_weights(model) -> dict:
 
 def _corrected_weights(inp: Inputs, cfg: ConvertConfig, path: Path) -> str:
     """QAT's starting weights: the int8-grid weights and corrected biases of post-training int8
-    (`bias_correction.correct_biases`), so the fine-tune starts where tflite_int8 ends, not from nearest
-    rounding (which undoes fine-tuning: edgetune.convert.bias_correction)."""
-    from edgetune.convert.bias_correction import correct_biases
-    from edgetune.train.model import load_model
-
-    model = load_model(inp.model_file)  # a fresh copy: the teacher keeps the trained weights
-    correct_biases(model, inp.calibration, rounding=cfg.weight_rounding)
-    np.savez(path, **_layer_weights(model))
+    (`Inputs.corrected_model`, the same copy tflite_int8 converts), so the fine-tune starts where tflite_int8
+    ends, not from nearest rounding (which undoes fine-tuning: edgetune.convert.bias_correction)."""
+    np.savez(path, **_layer_weights(inp.corrected_model(cfg.weight_rounding)[0]))
     return str(path)
 
 
